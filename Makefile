@@ -1,17 +1,30 @@
 # Two commands on a fresh machine: `make demo` (whole pipeline on the digital twin -> report)
 # and `make test`. Both create .venv from requirements.txt when it is missing or stale.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+
+# --- demo settings (override on the command line, e.g. `make demo DEMO_PATCHES=10`) ---
 RESULTS ?= results
 TWIN ?= data/twin_demo
+WORKERS ?= 2
+# patches per ROI used by the extractors (the centres file always holds 10 per ROI)
+DEMO_PATCHES ?= 2
+# SwinUNETR costs ~1 s/patch on a 2-core CPU: the demo runs it on FBP series with 1 patch per ROI
+SWIN_DEMO_FLAGS ?= --recons FBP --patches-per-roi 1
+CTFM_DEMO_FLAGS ?= --patches-per-roi 1
+CNN_WEIGHTS ?= weights/cnn_pretrained.pt
+SWIN_WEIGHTS ?= weights/model_swinvit.pt
+CTFM_WEIGHTS ?= weights/ct_fm_feature_extractor
+weights_or_untrained = $(if $(wildcard $(1)),--weights $(1),--allow-untrained)
 
 .PHONY: venv demo test bench clean
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet -r requirements.txt
@@ -19,7 +32,19 @@ $(STAMP): requirements.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) scripts/run_demo.py --data $(TWIN) --results $(RESULTS)
+	time $(PY) data/make_twin.py --preset demo --out $(TWIN) --workers $(WORKERS)
+	time $(PY) data/prepare.py --data $(TWIN) --results $(RESULTS) --workers $(WORKERS)
+	time $(PY) data/patch_centers.py --results $(RESULTS)
+	time $(PY) radiomics/extract_radiomics.py --results $(RESULTS) --patches-per-roi $(DEMO_PATCHES) --workers $(WORKERS)
+	test -f $(CNN_WEIGHTS) || time $(PY) cnn/pretrain_cnn.py --out $(CNN_WEIGHTS)
+	time $(PY) cnn/extract_cnn.py --results $(RESULTS) --weights $(CNN_WEIGHTS) --patches-per-roi $(DEMO_PATCHES)
+	time $(PY) swin/extract_swin.py --results $(RESULTS) $(call weights_or_untrained,$(SWIN_WEIGHTS)) $(SWIN_DEMO_FLAGS)
+	time $(PY) ct-fm/extract_ctfm.py --results $(RESULTS) $(call weights_or_untrained,$(CTFM_WEIGHTS)) $(CTFM_DEMO_FLAGS)
+	time $(PY) analyze/icc.py --results $(RESULTS)
+	time $(PY) analyze/umap_plots.py --results $(RESULTS)
+	time $(PY) analyze/classify.py --results $(RESULTS)
+	time $(PY) analyze/image_metrics.py --results $(RESULTS) --workers $(WORKERS)
+	$(PY) analyze/report.py --results $(RESULTS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
