@@ -27,7 +27,7 @@ def dask_client(workers: int, scheduler: str | None = None,
             yield client
         return
     with LocalCluster(n_workers=workers, threads_per_worker=threads_per_worker, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
         yield client
 
 
