@@ -1,0 +1,1 @@
+"""Statistics of the analysis step: ICC (icc), cross-validation protocols (classify), the MLP (mlp)."""

@@ -1,0 +1,73 @@
+"""The papers' MLP classifier (hidden 100-60-30, GELU, dropout 0.2) as a scikit-learn estimator.
+
+Training is seeded and runs a FIXED number of epochs of Adam (full batch, or minibatches when
+``batch_size`` is set): there is no early stopping, so the test fold never influences training.
+Being a scikit-learn estimator, it goes into a ``Pipeline`` after the scaler, so that the scaler
+is fitted on the training fold only.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from torch import nn
+
+
+def build_mlp(n_in: int, n_out: int, hidden: tuple[int, ...] = (100, 60, 30), dropout: float = 0.2) -> nn.Sequential:
+    """Linear -> GELU -> Dropout blocks for each hidden width, then a linear output layer (logits)."""
+    layers: list[nn.Module] = []
+    width = n_in
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.GELU(), nn.Dropout(dropout)]
+        width = h
+    layers.append(nn.Linear(width, n_out))
+    return nn.Sequential(*layers)
+
+
+class MLPClassifier(ClassifierMixin, BaseEstimator):
+    """Torch MLP with a fixed training budget; ``X`` (samples, features) float, ``y`` class labels."""
+
+    def __init__(self, hidden: tuple[int, ...] = (100, 60, 30), dropout: float = 0.2, epochs: int = 100,
+                 lr: float = 1e-3, weight_decay: float = 1e-4, batch_size: int | None = None,
+                 seed: int = 0) -> None:
+        self.hidden = hidden
+        self.dropout = dropout
+        self.epochs = epochs
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "MLPClassifier":
+        """Train from scratch (same seed -> same weights and same predictions)."""
+        self.classes_, y_idx = np.unique(np.asarray(y), return_inverse=True)
+        gen = torch.Generator().manual_seed(int(self.seed))
+        torch.manual_seed(int(self.seed))  # initialisation and dropout masks
+        Xt = torch.as_tensor(np.asarray(X, dtype=np.float32))
+        yt = torch.as_tensor(y_idx, dtype=torch.long)
+        self.model_ = build_mlp(Xt.shape[1], len(self.classes_), tuple(self.hidden), self.dropout)
+        opt = torch.optim.Adam(self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        loss_fn = nn.CrossEntropyLoss()
+        n = len(yt)
+        bs = n if not self.batch_size else min(int(self.batch_size), n)
+        self.model_.train()
+        for _ in range(int(self.epochs)):
+            order = torch.randperm(n, generator=gen) if bs < n else torch.arange(n)
+            for start in range(0, n, bs):
+                idx = order[start:start + bs]
+                opt.zero_grad()
+                loss = loss_fn(self.model_(Xt[idx]), yt[idx])
+                loss.backward()
+                opt.step()
+        self.model_.eval()
+        return self
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities (samples, classes) in ``classes_`` order."""
+        with torch.no_grad():
+            logits = self.model_(torch.as_tensor(np.asarray(X, dtype=np.float32)))
+        return torch.softmax(logits, dim=1).numpy()
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
