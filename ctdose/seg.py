@@ -87,11 +87,33 @@ def write_seg(ct_files: Sequence[str | Path], label_map: np.ndarray, out_path: s
         device_serial_number="0",
         series_description=f"SEG {sources[0].get('SeriesDescription', '')}"[:64],
     )
+    _make_deterministic(seg, sources[0], seg_uid)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path) as tmp:
         seg.save_as(tmp)
     return out_path
+
+
+def _make_deterministic(seg: hd.seg.Segmentation, source: pydicom.Dataset, seg_uid: str) -> None:
+    """Replace what highdicom stamps from the clock or at random, so the same input gives the same file.
+
+    Dates and times come from the source CT's series date/time; the dimension organisation UID is
+    derived from the SEG's series UID.
+    """
+    date = str(source.get("SeriesDate", "") or source.get("StudyDate", "") or "19700101")
+    time = str(source.get("SeriesTime", "") or source.get("StudyTime", "") or "000000")
+    seg.InstanceCreationDate, seg.InstanceCreationTime = date, time
+    seg.ContentDate, seg.ContentTime = date, time
+    for item in seg.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = date + time
+    dimension_uid = generate_uid(entropy_srcs=[seg_uid, "dimension-organization"])
+    for item in seg.get("DimensionOrganizationSequence", []):
+        item.DimensionOrganizationUID = dimension_uid
+    for item in seg.get("DimensionIndexSequence", []):
+        if "DimensionOrganizationUID" in item:
+            item.DimensionOrganizationUID = dimension_uid
 
 
 def read_seg_label_map(seg_path: str | Path, ct_dir: str | Path, series_uid: str | None = None,
