@@ -1,0 +1,306 @@
+"""Generate the twin: calibrate each scanner, simulate every scan, write DICOM CT + SEG + ground truth.
+
+One *scan* = one placement (pose) of the phantom on one scanner, acquired once at the highest dose;
+the lower doses are binomial thinnings of its counts (``acquisition``), and every dose is
+reconstructed with FBP and, from that, IR (and DL on scanners that have it). Each series is
+written into a hidden temporary folder beside ``out`` and renamed when complete, so a killed run
+resumes where it stopped; a finished scan also leaves ``.jobs/<scanner>_rep<r>.json`` with its
+ground truth.
+
+Determinism: all randomness comes from ``numpy`` generators seeded by (seed, scanner, repetition);
+UIDs are derived from (seed, texture_seed, scanner, repetition, dose, recon) and dates are fixed,
+so the same settings give byte-identical files.
+
+Output layout (``out/``): ``<series name>/CT0001.dcm ...`` plus ``<series name>/SEG.dcm``, with
+series names in the TCIA scheme (``naming.format_series_name``); ``ground_truth.json``;
+``provenance.json``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import functools
+import json
+import re
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydicom.uid import generate_uid
+
+from ctdose.atomic import write_json
+from ctdose.dicom_io import CTSeriesMeta, write_ct_series
+from ctdose.naming import ROI_NAMES, format_series_name
+from ctdose.parallel import parallel_map
+from ctdose.provenance import write_sidecar
+from ctdose.seg import write_seg
+from ctdose.twin import phantom as ph
+from ctdose.twin.acquisition import (acquire_counts, add_electronic_noise, counts_to_line_integrals,
+                                     hu_to_mu, thin_counts)
+from ctdose.twin.presets import Preset
+from ctdose.twin.projector import ParallelBeam, project
+from ctdose.twin.recon import denoise, fbp_hu
+from ctdose.twin.scanners import MU_WATER_PER_MM, SCANNERS, ScannerProfile, get_scanner
+from ctdose.volume import Volume
+
+#: Photons per ray used for the calibration run (high: the log transform is then nearly linear).
+CALIBRATION_PHOTONS = 2.0e5
+#: Repositioning ranges: rotation about z (deg) and translation x, y, z (mm), uniform +-.
+POSE_ROTATION_DEG = 2.0
+POSE_TRANSLATION_MM = (3.0, 3.0, 2.0)
+#: Fixed date of the first scan (series date/times are derived from it).
+BASE_DATETIME = _dt.datetime(2024, 3, 4, 8, 0, 0)
+
+
+def scan_grid(preset: Preset, profile: ScannerProfile) -> ph.ScanGrid:
+    """The reconstruction grid of a scanner in a preset (slice count covers ``z_extent_mm``)."""
+    n_slices = int(np.ceil(preset.z_extent_mm / profile.slice_mm - 1e-9))
+    return ph.ScanGrid(preset.n_pix, preset.pixel_mm, n_slices, profile.slice_mm)
+
+
+def scan_pose(seed: int, scanner: str, rep: int) -> ph.Pose:
+    """The repositioning of scan ``rep`` on ``scanner`` (random, from the seed)."""
+    rng = np.random.default_rng([seed, list(SCANNERS).index(scanner), rep, 1])
+    rot = float(rng.uniform(-POSE_ROTATION_DEG, POSE_ROTATION_DEG))
+    trans = tuple(float(rng.uniform(-t, t)) for t in POSE_TRANSLATION_MM)
+    return ph.Pose(round(rot, 4), tuple(round(t, 4) for t in trans))
+
+
+@functools.lru_cache(maxsize=32)
+def calibrate(profile: ScannerProfile, n_pix: int, pixel_mm: float,
+              texture_seed: int = 0) -> dict[str, float]:
+    """Photons per ray per mGy giving ``profile.noise_10mgy_hu`` FBP noise in normal liver at 10 mGy.
+
+    Simulates the slices through the normal ROIs once at ``CALIBRATION_PHOTONS`` and measures the
+    std of (noisy - noise-free) FBP inside them; FBP noise variance is proportional to 1/photons.
+    """
+    grid = ph.ScanGrid(n_pix, pixel_mm, int(np.ceil(112.0 / profile.slice_mm - 1e-9)), profile.slice_mm)
+    z = grid.origin[2] + np.arange(grid.n_slices) * grid.slice_mm
+    zc = [ph.ROI_CENTERS_MM[r][2] for r in ("normal1", "normal2")]
+    keep = np.nonzero(np.abs(z - np.mean(zc)) <= ph.ROI_RADIUS_MM * 0.7)[0]
+    phantom = ph.build_phantom(grid, texture_seed, ph.Pose(), 1, slice(keep[0], keep[-1] + 1))
+    mu_w = MU_WATER_PER_MM[profile.kvp]
+    geom = ParallelBeam.for_matrix(n_pix)
+    p = project(hu_to_mu(phantom.hu, mu_w), geom, pixel_mm)
+    rng = np.random.default_rng([12345, n_pix])
+    noisy = counts_to_line_integrals(acquire_counts(p, CALIBRATION_PHOTONS, rng), CALIBRATION_PHOTONS)
+    args = (geom, pixel_mm, mu_w, profile.window, profile.cutoff)
+    diff = fbp_hu(noisy, *args) - fbp_hu(p, *args)
+    normal = np.isin(phantom.rois, [ROI_NAMES.index("normal1") + 1, ROI_NAMES.index("normal2") + 1])
+    sigma = float(diff[normal].std())
+    photons_10 = CALIBRATION_PHOTONS * (sigma / profile.noise_10mgy_hu) ** 2
+    return {"photons_per_ray_per_mgy": photons_10 / 10.0, "calibration_noise_hu": sigma,
+            "calibration_photons": CALIBRATION_PHOTONS, "calibration_voxels": int(normal.sum())}
+
+
+def expected_noise_hu(profile: ScannerProfile, dose_mgy: float) -> float:
+    """Calibrated FBP noise std (HU) in normal liver at a dose: noise_10mgy * sqrt(10 / dose)."""
+    return profile.noise_10mgy_hu * float(np.sqrt(10.0 / dose_mgy))
+
+
+@dataclass(frozen=True)
+class ScanJob:
+    """One scan to simulate (picklable, for the worker processes)."""
+
+    out: str
+    preset: Preset
+    scanner: str
+    rep: int
+    seed: int
+    texture_seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.scanner}_rep{self.rep}"
+
+
+def _model_token(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9+]+", "_", model).strip("_")
+
+
+def series_plan(job: ScanJob) -> list[dict[str, Any]]:
+    """Names, UIDs, dates and dose tags of every series of a scan (no simulation)."""
+    profile = get_scanner(job.scanner)
+    grid = scan_grid(job.preset, profile)
+    s_index = list(SCANNERS).index(job.scanner)
+    doses = sorted(job.preset.doses, reverse=True)
+    recons = [r for r in job.preset.recons if r != "DL" or profile.has_dl]
+    base = BASE_DATETIME + _dt.timedelta(days=s_index, minutes=20 * job.rep)
+    tag = [str(job.seed), str(job.texture_seed), job.scanner, str(job.rep)]
+    plan = []
+    for d_index, dose in enumerate(sorted(job.preset.doses)):
+        acq_time = base + _dt.timedelta(minutes=2 * d_index, seconds=7 * d_index)
+        scan_id = 10 + job.rep * len(doses) + d_index
+        acq_number = (s_index * 7919 + scan_id * 104729) % 1000000  # stands for the second number
+        middle = f"{acq_time:%H%M%S}_{acq_number:06d}_{_model_token(profile.model)}"
+        mas = profile.mas_at_10mgy * dose / 10.0
+        for r_index, recon in enumerate(recons):
+            name = format_series_name(job.scanner, middle, scan_id, dose, recon, grid.n_slices)
+            # SeriesDescription (VR LO, at most 64 characters): the name without acquisition numbers
+            description = format_series_name(job.scanner, _model_token(profile.model), scan_id, dose,
+                                             recon, grid.n_slices)
+            if len(description) > 64:
+                description = format_series_name(job.scanner, _model_token(profile.model), scan_id, dose,
+                                                 recon)
+            plan.append({
+                "name": name, "description": description[:64], "scanner": job.scanner, "rep": job.rep,
+                "scan_id": scan_id,
+                "dose_mgy": float(dose), "recon": recon,
+                "series_uid": generate_uid(entropy_srcs=[*tag, f"{dose:g}", recon, "ct"]),
+                "study_uid": generate_uid(entropy_srcs=tag + ["study"]),
+                "frame_of_reference_uid": generate_uid(entropy_srcs=tag + ["frame"]),
+                "series_datetime": acq_time + _dt.timedelta(seconds=r_index),
+                "series_number": 100 * (d_index + 1) + r_index + 1,
+                "exposure_mas": mas, "tube_current_ma": mas / profile.rotation_s,
+            })
+    return plan
+
+
+def _pose_record(pose: ph.Pose) -> dict[str, Any]:
+    return {"rotation_z_deg": pose.rotation_z_deg, "translation_mm": list(pose.translation_mm),
+            "phantom_to_scanner_matrix": pose.matrix.round(12).tolist(),
+            "convention": "scanner_point = matrix @ phantom_point + translation (LPS mm)"}
+
+
+def run_scan(job: ScanJob) -> dict[str, Any]:
+    """Simulate one scan and write its series (skipping finished ones); return its ground truth."""
+    torch.set_num_threads(1)
+    out = Path(job.out)
+    record_path = out / ".jobs" / f"{job.key}.json"
+    plan = series_plan(job)
+    if record_path.exists() and all((out / s["name"]).is_dir() for s in plan):
+        return json.loads(record_path.read_text())
+    profile = get_scanner(job.scanner)
+    preset = job.preset
+    grid = scan_grid(preset, profile)
+    cal = calibrate(profile, preset.n_pix, preset.pixel_mm, job.texture_seed)
+    pose = scan_pose(job.seed, job.scanner, job.rep)
+    phantom = ph.build_phantom(grid, job.texture_seed, pose, preset.z_subsamples)
+    mu_w = MU_WATER_PER_MM[profile.kvp]
+    geom = ParallelBeam.for_matrix(preset.n_pix)
+    rng = np.random.default_rng([job.seed, list(SCANNERS).index(job.scanner), job.rep, 2])
+    d_max = max(preset.doses)
+    photons_max = cal["photons_per_ray_per_mgy"] * d_max
+    line = project(hu_to_mu(phantom.hu, mu_w), geom, grid.pixel_mm)
+    counts_max = acquire_counts(line, photons_max, rng)
+    del line
+    volume_geometry = {"origin": grid.origin, "spacing": grid.spacing}
+    series_records = []
+    for dose in sorted(preset.doses):
+        todo = [s for s in plan if s["dose_mgy"] == dose]
+        photons = cal["photons_per_ray_per_mgy"] * dose
+        counts = thin_counts(counts_max, dose / d_max, rng)  # drawn even when skipped: same stream
+        counts = add_electronic_noise(counts, profile.electronic_noise_counts, rng)
+        if all((out / s["name"]).is_dir() for s in todo):
+            series_records += [_series_record(s, pose, photons, profile) for s in todo]
+            continue
+        fbp = fbp_hu(counts_to_line_integrals(counts, photons), geom, grid.pixel_mm, mu_w,
+                     profile.window, profile.cutoff)
+        for s in todo:
+            if (out / s["name"]).is_dir():  # finished in an earlier run
+                series_records.append(_series_record(s, pose, photons, profile))
+                continue
+            image = fbp if s["recon"] == "FBP" else denoise(fbp, s["recon"], expected_noise_hu(profile, dose))
+            _write_series(out, s, Volume(image, **volume_geometry), phantom.rois, profile)
+            series_records.append(_series_record(s, pose, photons, profile))
+    record = {"scanner": job.scanner, "rep": job.rep, "pose": _pose_record(pose),
+              "photons_per_ray_at_max_dose": photons_max, "calibration": cal, "series": series_records}
+    write_json(record, record_path)
+    return record
+
+
+def _series_record(s: dict[str, Any], pose: ph.Pose, photons: float,
+                   profile: ScannerProfile) -> dict[str, Any]:
+    return {"name": s["name"], "series_uid": s["series_uid"], "scanner": s["scanner"], "rep": s["rep"],
+            "dose_mgy": s["dose_mgy"], "recon": s["recon"], "photons_per_ray": photons,
+            "expected_fbp_noise_normal_liver_hu": expected_noise_hu(profile, s["dose_mgy"]),
+            "pose": _pose_record(pose)}
+
+
+def _partial_dir(out: Path) -> Path:
+    """Where series are assembled before the rename: beside ``out`` (same file system), not inside it,
+    so that a killed run never leaves half a series where a DICOM crawler would find it."""
+    return out.parent / f".{out.name}.partial"
+
+
+def _write_series(out: Path, s: dict[str, Any], volume: Volume, rois: np.ndarray,
+                  profile: ScannerProfile) -> None:
+    """Write one CT series and its SEG into a temporary folder, then rename it into place."""
+    final = out / s["name"]
+    tmp = _partial_dir(out) / s["name"]
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    meta = CTSeriesMeta(
+        manufacturer=profile.manufacturer, model=profile.model, kvp=profile.kvp,
+        tube_current_ma=s["tube_current_ma"], exposure_mas=s["exposure_mas"], ctdivol=s["dose_mgy"],
+        kernel=profile.kernel_for(s["recon"]), slice_thickness=profile.slice_mm,
+        series_description=s["description"],
+        series_uid=s["series_uid"], study_uid=s["study_uid"],
+        frame_of_reference_uid=s["frame_of_reference_uid"], series_datetime=s["series_datetime"],
+        series_number=s["series_number"], station=profile.code,
+    )
+    files = write_ct_series(volume, tmp, meta)
+    write_seg(files, rois, tmp / "SEG.dcm")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(final)
+
+
+def ground_truth(preset: Preset, seed: int, texture_seed: int,
+                 records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The ground-truth record of a twin: phantom, scanners, calibration and every series."""
+    scanners = {}
+    for rec in records:
+        profile = get_scanner(rec["scanner"])
+        scanners[rec["scanner"]] = {**asdict(profile), **rec["calibration"],
+                                    "mu_water_per_mm": MU_WATER_PER_MM[profile.kvp]}
+    return {
+        "what": "ctdose digital twin of the liver phantom: a physics simulation, not the real phantom",
+        "seed": seed, "texture_seed": texture_seed, "preset": asdict(preset),
+        "tissues": {k: {"mean_hu": v[0], "texture_std_hu": v[1], "texture_corr_mm": v[2]}
+                    for k, v in ph.TISSUES.items()},
+        "roi_true_hu": {roi: ph.TISSUES[ph.ROI_TISSUE[roi]][0] for roi in ROI_NAMES},
+        "roi_tissue": ph.ROI_TISSUE, "roi_centers_phantom_mm": ph.ROI_CENTERS_MM,
+        "roi_radius_mm": ph.ROI_RADIUS_MM,
+        "physics": {"geometry": "2-D parallel beam per slice, detector bin = pixel, views over 180 deg",
+                    "n_angles": ParallelBeam.for_matrix(preset.n_pix).n_angles,
+                    "noise": "Poisson counts at the highest dose; lower doses by binomial thinning",
+                    "log": "p = log(I0 / (n + 1/2))",
+                    "electronic_noise": "per scanner (electronic_noise_counts), after thinning; "
+                                        "not included in the noise calibration"},
+        "scanners": scanners,
+        "scans": [{k: v for k, v in rec.items() if k != "series"} for rec in records],
+        "series": [s for rec in records for s in rec["series"]],
+    }
+
+
+def generate_twin(out: str | Path, preset: Preset, seed: int = 0, texture_seed: int = 0,
+                  workers: int = 1) -> dict[str, Any]:
+    """Simulate and write a whole twin into ``out`` (resumable); returns the ground-truth record.
+
+    ``preset`` fixes the grid and which scanners / doses / recons / repetitions are simulated (use
+    ``Preset.with_overrides`` to change them). ``texture_seed`` fixes the phantom's texture (another
+    value gives another "printed" phantom), ``seed`` the placements and photon noise.
+    """
+    for code in preset.scanners:
+        get_scanner(code)
+    bad = [r for r in preset.recons if r not in ("FBP", "IR", "DL")]
+    if bad or not preset.recons:
+        raise ValueError(f"bad reconstruction list {list(preset.recons)}; expected some of FBP, IR, DL")
+    if not preset.doses or min(preset.doses) <= 0:
+        raise ValueError(f"doses must be positive mGy values, got {preset.doses}")
+    if preset.reps < 1:
+        raise ValueError(f"reps must be >= 1, got {preset.reps}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [ScanJob(str(out), preset, code, rep, seed, texture_seed)
+            for code in preset.scanners for rep in range(preset.reps)]
+    records = parallel_map(run_scan, jobs, workers=workers, desc="twin scans", unit="scan")
+    truth = ground_truth(preset, seed, texture_seed, records)
+    write_json(truth, out / "ground_truth.json")
+    write_sidecar(out / "provenance", {"preset": asdict(preset), "seed": seed,
+                                       "texture_seed": texture_seed, "workers": workers})
+    shutil.rmtree(_partial_dir(out), ignore_errors=True)
+    return truth

@@ -1,0 +1,71 @@
+"""Low-dose simulation: 3 mGy simulated from the twin's 14 mGy matches the noise of its own 3 mGy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+
+from ctdose.dicom_io import read_ct_series
+from ctdose.lowdose import write_low_dose_series
+from ctdose.naming import parse_series_name
+from ctdose.twin import phantom as ph
+from ctdose.twin.generate import generate_twin
+from ctdose.twin.presets import get_preset
+
+torch.set_num_threads(1)
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _water_noise(folder: Path, pose: dict) -> float:
+    """Std (HU) inside the twin's uniform water insert (radius 9 of 13 mm, away from its ends)."""
+    volume = read_ct_series(folder)
+    nz, ny, nx = volume.array.shape
+    k, j, i = np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij")
+    points = volume.index_to_physical(np.stack([i, j, k], axis=-1))
+    q = ph.Pose(pose["rotation_z_deg"], tuple(pose["translation_mm"])).to_phantom(points)
+    (cx, cy), _, (z0, z1) = ph.WATER_INSERT
+    in_disc = (q[..., 0] - cx) ** 2 + (q[..., 1] - cy) ** 2 <= 9.0 ** 2
+    inside = in_disc & (q[..., 2] > -50) & (q[..., 2] < z1 - 6)
+    return float(volume.array[inside].std())
+
+
+def test_simulated_3mgy_matches_twin_3mgy(tmp_path):
+    preset = get_preset("tiny").with_overrides(scanners=("A1",), recons=("FBP",))
+    out = tmp_path / "twin"
+    truth = generate_twin(out, preset, seed=3, texture_seed=0)
+    series = {s["dose_mgy"]: s for s in truth["series"]}
+    high, low = out / series[14.0]["name"], out / series[3.0]["name"]
+    per_mgy = {code: s["photons_per_ray_per_mgy"] for code, s in truth["scanners"].items()}
+    simulated = write_low_dose_series(high, out_dir=tmp_path / "sim", target_mgy=3.0, photons_per_mgy=per_mgy,
+                                      seed=11)
+    pose = series[14.0]["pose"]
+    noise_sim, noise_twin, noise_high = (_water_noise(f, pose) for f in (simulated, low, high))
+    assert noise_high < 0.7 * noise_twin  # the test is not vacuous: 14 mGy is much less noisy
+    assert abs(noise_sim / noise_twin - 1) < 0.10, (noise_sim, noise_twin)
+    # the new series: new UID, scaled dose tags, TCIA name at the new dose, same geometry
+    src = pydicom.dcmread(next(high.glob("CT*.dcm")))
+    new = pydicom.dcmread(next(simulated.glob("CT*.dcm")))
+    assert new.SeriesInstanceUID != src.SeriesInstanceUID
+    assert float(new.CTDIvol) == pytest.approx(3.0)
+    assert int(new.Exposure) == round(float(src.Exposure) * 3 / 14)
+    assert parse_series_name(new.SeriesDescription).dose_mgy == 3.0
+    a, b = read_ct_series(high), read_ct_series(simulated)
+    assert np.allclose(a.origin, b.origin) and np.allclose(a.spacing, b.spacing)
+    # mean HU kept (noise has zero mean)
+    assert abs(float(b.array.mean() - a.array.mean())) < 1.0
+
+
+def test_bad_fraction_is_refused(tmp_path):
+    preset = get_preset("tiny").with_overrides(scanners=("A1",), recons=("FBP",), doses=(14.0,))
+    truth = generate_twin(tmp_path / "twin", preset, seed=3)
+    folder = tmp_path / "twin" / truth["series"][0]["name"]
+    with pytest.raises(ValueError, match="fraction"):
+        write_low_dose_series(folder, fraction=1.5, photons_per_ray=1e4)
+    with pytest.raises(ValueError, match="photons"):
+        write_low_dose_series(folder, fraction=0.5)
+    assert json.loads((tmp_path / "twin" / "ground_truth.json").read_text())["series"]
