@@ -1,0 +1,236 @@
+"""Batched inference shared by the three networks (shallow CNN, SwinUNETR encoder, CT-FM encoder).
+
+A :class:`Network` bundles a torch module, the HU window its input is clipped to and scaled from
+(to [0, 1]) and the function that turns a normalised batch ``(B, 1, Z, Y, X)`` into embeddings
+``(B, F)``. Patches come from :func:`ctdose.patches.sample_patches` as ``(n, Z, Y, X)`` float32 HU in
+the LPS-aligned [z, y, x] ("SPL") orientation and are fed in that order.
+
+CPU: fp32, deterministic kernels (``torch.use_deterministic_algorithms`` during inference), seeded,
+so embeddings repeat exactly.
+CUDA: bf16 autocast, TF32 allowed, cuDNN autotuning (fast, not bit-exact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ctdose.extractors import driver
+from ctdose.extractors.weights import LoadReport, read_state_dict, resolve_weights
+from ctdose.patches import FILL_HU, OUTSIDE_TOL, patch_index_parts, sample_patches
+from ctdose.volume import Volume
+
+#: Module implementing each network (``build(seed)`` and ``load_weights(net, path)``).
+NETWORK_MODULES: dict[str, str] = {
+    "cnn": "ctdose.extractors.cnn",
+    "swin": "ctdose.extractors.swin",
+    "ctfm": "ctdose.extractors.ctfm",
+}
+
+
+@dataclass
+class Network:
+    """A feature network: ``embed(module, x)`` maps (B, 1, Z, Y, X) in [0, 1] to (B, n_features)."""
+
+    name: str
+    module: torch.nn.Module
+    hu_range: tuple[float, float]
+    n_features: int
+    embed: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]
+
+    def feature_names(self) -> list[str]:
+        return [f"{self.name}_{i:04d}" for i in range(self.n_features)]
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; otherwise the named device."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown --device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device} asked for, but torch sees no CUDA GPU")
+    return chosen
+
+
+def configure(device: torch.device, seed: int) -> None:
+    """Seed torch; on CUDA allow the fast kernels (TF32, cuDNN autotuning; CPU runs are made
+    deterministic inside :func:`embed_patches`)."""
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+@contextlib.contextmanager
+def deterministic(enabled: bool) -> Iterator[None]:
+    """``torch.use_deterministic_algorithms(enabled)`` for the block only (the global flag is restored)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(enabled)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def normalise(x: torch.Tensor, hu_range: tuple[float, float]) -> torch.Tensor:
+    """Clip HU to ``hu_range`` and scale linearly to [0, 1] (in place on ``x``)."""
+    lo, hi = hu_range
+    return x.clamp_(lo, hi).sub_(lo).div_(hi - lo)
+
+
+def embed_patches(net: Network, patches: np.ndarray | torch.Tensor, batch_size: int = 8,
+                  device: torch.device | str = "cpu") -> np.ndarray:
+    """Embeddings (n, F) float32 of patches (n, Z, Y, X) in HU, computed in batches of ``batch_size``."""
+    device = torch.device(device)
+    data = torch.as_tensor(patches, dtype=torch.float32)
+    if data.ndim != 4:
+        raise ValueError(f"patches must be (n, Z, Y, X), got shape {tuple(data.shape)}")
+    net.module.to(device).eval()
+    out = np.empty((len(data), net.n_features), dtype=np.float32)
+    on_cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
+    with torch.inference_mode(), autocast, deterministic(not on_cuda):
+        for start in range(0, len(data), batch_size):
+            chunk = data[start:start + batch_size]
+            if on_cuda and chunk.device.type == "cpu":
+                chunk = chunk.pin_memory()
+            # copy=True: normalise works in place and must never touch the caller's patches
+            x = normalise(chunk.unsqueeze(1).to(device, non_blocking=True, copy=True).contiguous(), net.hu_range)
+            out[start:start + len(chunk)] = net.embed(net.module, x).float().cpu().numpy()
+    return out
+
+
+def sample_patches_torch(volume: Volume, centers_mm: np.ndarray, transform, size_xyz: tuple[int, int, int],
+                         spacing_xyz: tuple[float, float, float], device: torch.device) -> torch.Tensor:
+    """:func:`ctdose.patches.sample_patches` done by ``grid_sample`` on ``device`` (for the GPU).
+
+    Same grid, transform and trilinear interpolation (indices computed in float64 on the CPU for the
+    centres and the shared offset grid, summed on the device in float32); points outside the field of
+    view get ``FILL_HU``. Returns (n, Z, Y, X) float32 HU on ``device``; a centre outside the volume
+    raises the same ValueError as the CPU sampler.
+    """
+    centre_idx, offset_idx = patch_index_parts(volume, centers_mm, transform, size_xyz, spacing_xyz)
+    upper = torch.tensor(np.array(volume.shape_xyz, dtype=float) - 1, device=device, dtype=torch.float32)
+    idx = (torch.as_tensor(centre_idx, dtype=torch.float32, device=device)[:, None, None, None, :]
+           + torch.as_tensor(offset_idx, dtype=torch.float32, device=device)[None])  # (n, Z, Y, X, 3) i j k
+    outside = ((idx < -OUTSIDE_TOL) | (idx > upper + OUTSIDE_TOL)).any(dim=-1)
+    grid = 2.0 * idx / upper.clamp(min=1.0) - 1.0  # align_corners=True: -1 / +1 = first / last voxel
+    n, nz, ny, nx, _ = grid.shape
+    image = torch.as_tensor(volume.array, device=device)[None, None]
+    values = torch.nn.functional.grid_sample(image, grid.reshape(1, n * nz, ny, nx, 3), mode="bilinear",
+                                             padding_mode="border", align_corners=True)
+    patches = values.reshape(n, nz, ny, nx)
+    patches[outside] = FILL_HU
+    return patches
+
+
+def series_frame(job: driver.SeriesJob, net: Network, patch: driver.PatchSettings, batch_size: int,
+                 device: torch.device) -> pd.DataFrame:
+    """One series' rows: sample all its patches at once (on the GPU when there is one), embed in batches."""
+    volume, transform = driver.load_series(job)
+    centers = job.centers
+    xyz = centers[["x_mm", "y_mm", "z_mm"]].to_numpy(float)
+    if device.type == "cuda":
+        patches = sample_patches_torch(volume, xyz, transform, patch.size_xyz, patch.spacing_xyz, device)
+    else:
+        patches = sample_patches(volume, xyz, transform, patch.size_xyz, patch.spacing_xyz).patches
+    values = embed_patches(net, patches, batch_size, device)
+    return driver.feature_frame(job.identity, centers, values, net.feature_names())
+
+
+def build_network(name: str, weights: str | None, allow_untrained: bool, seed: int,
+                  size_zyx: tuple[int, int, int] = (32, 64, 64)) -> tuple[Network, dict]:
+    """The network ``name`` for patches of ``size_zyx`` voxels with weights loaded, and its provenance.
+
+    Without ``weights`` a ValueError stops the run unless ``allow_untrained`` (seeded random init,
+    provenance ``{"untrained": true}``).
+    """
+    module = importlib.import_module(NETWORK_MODULES[name])
+    if weights is None and not allow_untrained:
+        raise ValueError(f"no --weights given for {name}; pass a weights file (see README) or "
+                         "--allow-untrained to run with seeded random weights")
+    path = None
+    if weights is not None:
+        try:
+            path = resolve_weights(weights)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err} (see README for where to get the {name} weights, or pass "
+                                    "--allow-untrained)") from None
+    torch.manual_seed(seed)
+    net: Network = module.build(size_zyx)
+    if path is None:
+        return net, {"untrained": True, "weights": None, "init_seed": seed}
+    report: LoadReport = module.load_weights(net, read_state_dict(path), path)
+    print(f"{name}: {report.summary()}")
+    return net, {"untrained": False, **report.as_dict()}
+
+
+def add_deep_args(parser: argparse.ArgumentParser, weights: str | None, batch_size: int) -> None:
+    """Flags of the three network scripts."""
+    parser.add_argument("--weights", default=weights,
+                        help="checkpoint file, snapshot folder or hub id (default: %(default)s)")
+    parser.add_argument("--allow-untrained", action="store_true",
+                        help="run with seeded random weights when --weights is not given (sidecar says untrained)")
+    parser.add_argument("--batch-size", type=int, default=batch_size, help="patches per batch (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for torch and the untrained init (default: %(default)s)")
+
+
+def main(argv: list[str] | None, name: str, description: str, results: str, weights: str,
+         batch_size: int) -> None:
+    """Command line of a network script: parse flags, run, print the table path or one error line.
+
+    When ``--allow-untrained`` is given and ``--weights`` is left at its default path that does not
+    exist, the run goes on untrained (as asked) instead of failing on the missing default file.
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    driver.add_common_args(parser, results)
+    add_deep_args(parser, weights, batch_size)
+    args = parser.parse_args(argv)
+    if args.allow_untrained and args.weights == weights and not Path(weights).exists():
+        args.weights = None
+    try:
+        table = run(args, name)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
+    print(f"wrote {table}")
+
+
+def run(args: argparse.Namespace, name: str) -> str:
+    """Extract one network's features for the selected series; returns the table path."""
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    layout, jobs, patch = driver.prepare(args, name)
+    device = pick_device(args.device)
+    configure(device, args.seed)
+    net, weights_info = build_network(name, args.weights, args.allow_untrained, args.seed,
+                                      tuple(reversed(patch.size_xyz)))
+    value_settings = {"weights_sha256": weights_info.get("weights_sha256"), "untrained": weights_info["untrained"],
+                      "init_seed": args.seed if weights_info["untrained"] else None,
+                      "hu_range": list(net.hu_range), "patch_size": list(patch.size_xyz),
+                      "patch_spacing": list(patch.spacing_xyz)}
+    driver.check_partial_settings(layout, name, value_settings, jobs)
+    n_patches = len(jobs[0].centers)
+    with tqdm(total=len(jobs) * n_patches, desc=name, unit="patch") as bar:
+        for n, job in enumerate(jobs, start=1):
+            driver.run_job(job, lambda j: series_frame(j, net, patch, args.batch_size, device))
+            bar.set_postfix_str(f"series {n}/{len(jobs)}", refresh=False)
+            bar.update(n_patches)
+    settings = {**driver.selection_settings(args), "batch_size": args.batch_size, "device": str(device),
+                "seed": args.seed, "hu_range": list(net.hu_range),
+                "precision": "bf16 autocast" if device.type == "cuda" else "fp32 deterministic"}
+    return str(driver.finish(name, layout, jobs, settings, **weights_info))
