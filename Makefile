@@ -15,10 +15,12 @@ DEMO_PATCHES ?= 2
 # SwinUNETR costs ~1 s/patch on a 2-core CPU: the demo runs it on FBP series with 1 patch per ROI
 SWIN_DEMO_FLAGS ?= --recons FBP --patches-per-roi 1
 CTFM_DEMO_FLAGS ?= --patches-per-roi 1
-CNN_WEIGHTS ?= weights/cnn_pretrained.pt
-SWIN_WEIGHTS ?= weights/model_swinvit.pt
-CTFM_WEIGHTS ?= weights/ct_fm_feature_extractor
-weights_or_untrained = $(if $(wildcard $(1)),--weights $(1),--allow-untrained)
+# the study's CNN weights are private: `cnn/pretrain_cnn.py` pretrains it on a separate twin (skips if done)
+CNN_WEIGHTS ?= cnn/weights/shallow_cnn.pt
+# Swin and CT-FM load swin/weights/model_swinvit.pt and ct-fm/weights/ct_fm_feature_extractor when present
+# (see README); without them they run with seeded random weights, labelled "untrained" everywhere
+DEEP_FLAGS ?= --allow-untrained
+UMAP_EPOCHS ?= 200
 
 .PHONY: venv demo test bench clean
 
@@ -36,13 +38,13 @@ demo: $(STAMP)
 	time $(PY) data/prepare.py --data $(TWIN) --results $(RESULTS) --workers $(WORKERS)
 	time $(PY) data/patch_centers.py --results $(RESULTS)
 	time $(PY) radiomics/extract_radiomics.py --results $(RESULTS) --patches-per-roi $(DEMO_PATCHES) --workers $(WORKERS)
-	test -f $(CNN_WEIGHTS) || time $(PY) cnn/pretrain_cnn.py --out $(CNN_WEIGHTS)
+	time $(PY) cnn/pretrain_cnn.py --out $(CNN_WEIGHTS) --workers $(WORKERS)
 	time $(PY) cnn/extract_cnn.py --results $(RESULTS) --weights $(CNN_WEIGHTS) --patches-per-roi $(DEMO_PATCHES)
-	time $(PY) swin/extract_swin.py --results $(RESULTS) $(call weights_or_untrained,$(SWIN_WEIGHTS)) $(SWIN_DEMO_FLAGS)
-	time $(PY) ct-fm/extract_ctfm.py --results $(RESULTS) $(call weights_or_untrained,$(CTFM_WEIGHTS)) $(CTFM_DEMO_FLAGS)
+	time $(PY) swin/extract_swin.py --results $(RESULTS) $(DEEP_FLAGS) $(SWIN_DEMO_FLAGS)
+	time $(PY) ct-fm/extract_ctfm.py --results $(RESULTS) $(DEEP_FLAGS) $(CTFM_DEMO_FLAGS)
 	time $(PY) analyze/icc.py --results $(RESULTS)
-	time $(PY) analyze/umap_plots.py --results $(RESULTS)
-	time $(PY) analyze/classify.py --results $(RESULTS)
+	time $(PY) analyze/umap_plots.py --results $(RESULTS) --epochs $(UMAP_EPOCHS)
+	time $(PY) analyze/classify.py --results $(RESULTS) --workers $(WORKERS)
 	time $(PY) analyze/image_metrics.py --results $(RESULTS) --workers $(WORKERS)
 	$(PY) analyze/report.py --results $(RESULTS)
 
