@@ -230,7 +230,7 @@ def build_catalog(data_root: str | Path) -> pd.DataFrame:
     root = Path(data_root)
     files = dicom_files(root)
     if not files:
-        raise ValueError(f"no files in {root}")
+        raise ValueError(f"no DICOM files in {root}")
     ct: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
     segs: list[tuple[Path, Dataset]] = []
     unreadable: list[Path] = []

@@ -254,10 +254,17 @@ def slice_geometry(datasets: list[Dataset], name: str) -> SliceGeometry:
     )
 
 
-def dicom_files(path: str | Path) -> list[Path]:
-    """All regular files below ``path`` (a folder, searched recursively, or a single file), sorted.
+#: Suffixes of files that are never DICOM (sidecars, tables, images, notes) and are left out silently.
+NON_DICOM_SUFFIXES = frozenset({".json", ".csv", ".tsv", ".txt", ".md", ".html", ".yaml", ".yml", ".xml",
+                                ".png", ".jpg", ".pdf", ".nii", ".gz", ".zip", ".py"})
 
-    Hidden files and folders (names starting with ".", e.g. temporary files of atomic writes) are left out.
+
+def dicom_files(path: str | Path) -> list[Path]:
+    """Candidate DICOM files below ``path`` (a folder, searched recursively, or a single file), sorted.
+
+    Hidden files and folders (names starting with ".", e.g. temporary files of atomic writes) and
+    files with a suffix in ``NON_DICOM_SUFFIXES`` are left out; anything else is a candidate (DICOM
+    files often have no suffix at all).
     """
     path = Path(path)
     if path.is_file():
@@ -265,7 +272,8 @@ def dicom_files(path: str | Path) -> list[Path]:
     if not path.is_dir():
         raise FileNotFoundError(f"no such folder: {path}")
     return sorted(p for p in path.rglob("*")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+                  if p.is_file() and p.suffix.lower() not in NON_DICOM_SUFFIXES
+                  and not any(part.startswith(".") for part in p.relative_to(path).parts))
 
 
 def read_series_datasets(path: str | Path, series_uid: str | None = None, *,

@@ -29,14 +29,16 @@ def test_mixed_tree(tmp_path, make_ct_series):
     b = make_ct_series(tmp_path / "one", scanner="A1", dose=3, recon="FBP", scan_id=2, prefix="b", seed=1)
     c = make_ct_series(tmp_path / "deep" / "er", scanner="B1", dose=14, recon="IR", scan_id=3, seed=2,
                        seg_dir=tmp_path / "segs")
-    (tmp_path / "one" / "README.txt").write_text("not DICOM")
+    (tmp_path / "one" / "notes").write_text("not DICOM")  # no suffix: a candidate, skipped with a warning
+    (tmp_path / "one" / "README.txt").write_text("not DICOM")  # a known non-DICOM suffix: left out silently
     truncated = tmp_path / "one" / "broken.dcm"
     shutil.copy(c.files[0], truncated)
     truncated.write_bytes(truncated.read_bytes()[:-3000])
     with pytest.warns(CatalogWarning) as record:
         df = build_catalog(tmp_path)
     messages = " ".join(str(w.message) for w in record)
-    assert "README.txt" in messages and "broken.dcm" in messages and "truncated" in messages
+    assert "notes" in messages and "broken.dcm" in messages and "truncated" in messages
+    assert "README.txt" not in messages
     assert "skipped 2 file(s)" in messages
     assert list(df.columns[:len(CATALOG_COLUMNS)]) == list(CATALOG_COLUMNS)
     assert len(df) == 3
@@ -116,9 +118,12 @@ def test_duplicate_seg_is_warned(tmp_path, make_ct_series):
 
 
 def test_empty_or_missing_folder(tmp_path):
-    with pytest.raises(ValueError, match="no files"):
+    with pytest.raises(ValueError, match="no DICOM files"):
         build_catalog(tmp_path)
-    (tmp_path / "a.txt").write_text("x")
+    (tmp_path / "a.txt").write_text("x")  # never DICOM: still no candidates
+    with pytest.raises(ValueError, match="no DICOM files"):
+        build_catalog(tmp_path)
+    (tmp_path / "a").write_text("x")
     with pytest.raises(ValueError, match="no CT series"), pytest.warns(CatalogWarning):
         build_catalog(tmp_path)
     with pytest.raises(FileNotFoundError):
@@ -239,7 +244,7 @@ def test_patch_centers_script(prepared):
 
 
 @pytest.mark.parametrize("make_input, message", [
-    (lambda root: None, "no files"),
+    (lambda root: None, "no DICOM files"),
     (lambda root: (root / "junk.bin").write_bytes(b"\0" * 300), "no CT series"),
 ])
 def test_bad_input_gives_one_line_and_nonzero_exit(tmp_path, make_input, message):
