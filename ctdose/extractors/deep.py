@@ -182,7 +182,8 @@ def build_network(name: str, weights: str | None, allow_untrained: bool, seed: i
 def add_deep_args(parser: argparse.ArgumentParser, weights: str | None, batch_size: int) -> None:
     """Flags of the three network scripts."""
     parser.add_argument("--weights", default=weights,
-                        help="checkpoint file, snapshot folder or hub id (default: %(default)s)")
+                        help="checkpoint file, snapshot folder or hub id; 'none' = no weights (with "
+                             "--allow-untrained) (default: %(default)s)")
     parser.add_argument("--allow-untrained", action="store_true",
                         help="run with seeded random weights when --weights is not given (sidecar says untrained)")
     parser.add_argument("--batch-size", type=int, default=batch_size, help="patches per batch (default: %(default)s)")
@@ -194,14 +195,16 @@ def main(argv: list[str] | None, name: str, description: str, results: str, weig
          batch_size: int) -> None:
     """Command line of a network script: parse flags, run, print the table path or one error line.
 
-    When ``--allow-untrained`` is given and ``--weights`` is left at its default path that does not
-    exist, the run goes on untrained (as asked) instead of failing on the missing default file.
+    When ``--allow-untrained`` is given and ``--weights`` is ``none``, or left at its default path that
+    does not exist, the run goes on untrained (as asked) instead of failing on the missing default file.
     """
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     driver.add_common_args(parser, results)
     add_deep_args(parser, weights, batch_size)
     args = parser.parse_args(argv)
-    if args.allow_untrained and args.weights == weights and not Path(weights).exists():
+    if args.weights is not None and args.weights.lower() == "none":
+        args.weights = None
+    elif args.allow_untrained and args.weights == weights and not Path(weights).exists():
         args.weights = None
     try:
         table = run(args, name)
