@@ -121,6 +121,17 @@ def data_section(results: Path) -> Section:
     return sec
 
 
+def _weights_label(side: dict) -> str:
+    """How a feature table's weights are described: UNTRAINED, the file and its checksum, or none needed."""
+    if side.get("untrained"):
+        return "UNTRAINED"
+    weights = side.get("weights")
+    if not weights:
+        return "none (not a network)"
+    sha = side.get("weights_sha256")
+    return f"{weights} (sha256 {sha[:12]}...)" if sha else str(weights)
+
+
 def feature_section(results: Path) -> Section:
     """Which feature tables exist, their size and weights status (untrained shown as a warning)."""
     sec = Section("Feature tables and weights")
@@ -133,9 +144,7 @@ def feature_section(results: Path) -> Section:
         side = read_sidecar(path)
         n_rows = sum(1 for _ in path.open()) - 1
         n_feat = len(pd.read_csv(path, nrows=0).columns) - len(IDENTITY_COLUMNS)
-        weights = side.get("weights", {})
-        rows.append({"extractor": name, "rows": n_rows, "features": n_feat,
-                     "weights": "UNTRAINED" if side.get("untrained") else json.dumps(weights)[:120]})
+        rows.append({"extractor": name, "rows": n_rows, "features": n_feat, "weights": _weights_label(side)})
         if side.get("untrained"):
             sec.warnings.append(f"{name}: features computed with UNTRAINED (random) weights; its results "
                                 f"say nothing about the pretrained model.")
