@@ -46,7 +46,7 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike, **kwargs: Any) -> Path:
 def write_json(obj: Any, path: str | os.PathLike) -> Path:
     """Write an object as indented JSON atomically (numpy scalars and paths become plain values)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, default=json_default) + "\n")
     return Path(path)
 
 
@@ -57,7 +57,8 @@ def write_text(text: str, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dumps`` fallback: numpy scalars and arrays become plain values, paths strings."""
     if hasattr(obj, "item"):
         return obj.item()
     if hasattr(obj, "tolist"):

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         table = driver.finish(NAME, layout, jobs, settings, untrained=False)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
-    print(f"wrote {table}")
+    print(f"table: {table}")
 
 
 if __name__ == "__main__":

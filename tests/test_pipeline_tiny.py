@@ -116,8 +116,14 @@ def test_second_run_skips_finished_series(pipeline):
     _, results, _ = pipeline
     layout = ResultsLayout(results)
     n_series = len(pd.read_csv(layout.catalog))
-    before = layout.feature_table("radiomics").read_bytes()
+    table = layout.feature_table("radiomics")
+    before, stamp = table.read_bytes(), table.stat().st_mtime_ns
     again = _run("radiomics/extract_radiomics.py", "--results", results, "--workers", "1",
                  "--patches-per-roi", "1")
     assert f"{n_series} series selected, {n_series} already done" in again
-    assert layout.feature_table("radiomics").read_bytes() == before
+    assert "is up to date" in again and table.stat().st_mtime_ns == stamp and table.read_bytes() == before
+    # another selection is not "up to date": the table is merged again from the partials (no re-extraction)
+    subset = _run("radiomics/extract_radiomics.py", "--results", results, "--workers", "1",
+                  "--patches-per-roi", "1", "--recons", "FBP")
+    assert "is up to date" not in subset
+    assert set(pd.read_csv(table)["recon"]) == {"FBP"}

@@ -210,7 +210,7 @@ def main(argv: list[str] | None, name: str, description: str, results: str, weig
         table = run(args, name)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
-    print(f"wrote {table}")
+    print(f"table: {table}")
 
 
 def run(args: argparse.Namespace, name: str) -> str:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from ctdose.atomic import write_csv, write_json
+from ctdose.atomic import json_default, write_csv, write_json
 from ctdose.layout import IDENTITY_COLUMNS, PATCH_CENTER_COLUMNS, ResultsLayout
 from ctdose.naming import ROI_CLASSES, ROI_NAMES
 from ctdose.patches import PATCH_SIZE_XYZ, PATCH_SPACING_XYZ
@@ -247,13 +247,32 @@ def merge_partials(jobs: Sequence[SeriesJob]) -> pd.DataFrame:
 
 def finish(name: str, layout: ResultsLayout, jobs: Sequence[SeriesJob], settings: dict[str, Any],
            **extra: Any) -> Path:
-    """Merge the partials into ``features/<name>.csv`` and write its sidecar; returns the table path."""
+    """Merge the partials into ``features/<name>.csv`` and write its sidecar; returns the table path.
+
+    When the table is already the merge of these partials with these settings, it is left as it is.
+    """
+    if _merged_table_is_current(layout.feature_table(name), jobs, settings):
+        print(f"{name}: {layout.feature_table(name)} is up to date")
+        return layout.feature_table(name)
     merged = merge_partials(jobs)
     n_features = len(merged.columns) - len(IDENTITY_COLUMNS)
     table = write_csv(merged, layout.feature_table(name))
     write_sidecar(table, settings, extractor=name, n_features=n_features, n_rows=len(merged),
                   n_series=len(jobs), **extra)
     return table
+
+
+def _merged_table_is_current(table: Path, jobs: Sequence[SeriesJob], settings: dict[str, Any]) -> bool:
+    """True if ``table`` was merged with the same settings and series and after every partial was written."""
+    sidecar = table.with_suffix(".json")
+    if not (table.exists() and sidecar.exists()):
+        return False
+    recorded = json.loads(sidecar.read_text())
+    stamp = table.stat().st_mtime_ns
+    partials = [Path(job.partial_path) for job in jobs]
+    return (recorded.get("settings") == json.loads(json.dumps(settings, default=json_default))
+            and recorded.get("n_series") == len(jobs)
+            and all(p.exists() and p.stat().st_mtime_ns <= stamp for p in partials))
 
 
 # --------------------------------------------------------------------------- command line
