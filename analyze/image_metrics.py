@@ -54,11 +54,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def measure_pair(job: dict) -> dict:
     """Read both series, resample the series onto the reference grid, compare inside the body."""
-    from ctdose.dicom_io import read_ct_series
+    from ctdose.dicom_io import read_ct_series, read_reference_series
     from ctdose.registration import load_transform
 
     series = read_ct_series(job["path"], job["pair"]["series_uid"])
-    reference = read_ct_series(job["reference_path"], job["pair"]["reference_uid"])
+    reference = read_reference_series(job["reference_path"], job["pair"]["reference_uid"])
     moved = resample_into(series, load_transform(job["transform"]), reference,
                           load_transform(job["reference_transform"]))
     mask = body_mask(reference.array)

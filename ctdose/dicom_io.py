@@ -8,6 +8,7 @@ returned :class:`~ctdose.volume.Volume` is float32 HU indexed ``[z, y, x]`` with
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -329,3 +330,12 @@ def read_ct_series(path: str | Path, series_uid: str | None = None) -> Volume:
     raises ``ValueError`` naming the series and the gap.
     """
     return volume_from_datasets(read_series_datasets(path, series_uid))
+
+
+@functools.lru_cache(maxsize=2)
+def read_reference_series(path: str, series_uid: str) -> Volume:
+    """:func:`read_ct_series`, cached per process, for a series that many tasks compare against.
+
+    The returned Volume is shared between callers: treat it as read-only.
+    """
+    return read_ct_series(path, series_uid)

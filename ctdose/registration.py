@@ -12,7 +12,6 @@ registration makes it worse the identity is kept and the reason recorded.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
@@ -23,7 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ctdose.atomic import atomic_path, write_json
-from ctdose.dicom_io import read_ct_series
+from ctdose.dicom_io import read_ct_series, read_reference_series
 from ctdose.layout import ResultsLayout
 from ctdose.seg import read_seg_label_map, write_label_map
 from ctdose.volume import Volume
@@ -186,12 +185,6 @@ class PrepareTask:
     itk_threads: int = 0  # ITK threads for this task; 0 = SimpleITK's default (all cores)
 
 
-@functools.lru_cache(maxsize=2)
-def _reference_volume(path: str, series_uid: str) -> Volume:
-    """The reference volume, read once per worker process."""
-    return read_ct_series(path, series_uid)
-
-
 def prepare_series(task: PrepareTask) -> dict[str, object]:
     """Write one series' ROI label map and its transform to the reference; return its registration row.
 
@@ -227,7 +220,7 @@ def _prepare_series(task: PrepareTask) -> dict[str, object]:
             result = RegistrationResult(sitk.Euler3DTransform(), 1.0, 1.0, True, "reference series",
                                         0.0, 0, 0.0)
         else:
-            reference = _reference_volume(task.reference_path, task.reference_uid)
+            reference = read_reference_series(task.reference_path, task.reference_uid)
             result = register_rigid(reference, volume, seed=task.seed)
         row = {"series_uid": task.series_uid, "reference_uid": task.reference_uid,
                "quality_before": result.quality_before,

@@ -12,7 +12,9 @@ functions: ``from conftest import phantom_volume``).
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 from dataclasses import dataclass
+from types import ModuleType
 from pathlib import Path
 
 import numpy as np
@@ -177,3 +179,12 @@ def small_tree(tmp_path_factory) -> Path:
     write_test_series(root / "A1_FBP3", scanner="A1", dose=3, recon="FBP", scan_id=13, seed=2)
     write_test_series(root / "B1_IR10", scanner="B1", dose=10, recon="IR", scan_id=14, seed=3)
     return root
+
+
+def load_script(relpath: str) -> ModuleType:
+    """Import a top-level script by its path in the repository (script folders are not packages)."""
+    path = Path(__file__).resolve().parents[1] / relpath
+    spec = importlib.util.spec_from_file_location(f"script_{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

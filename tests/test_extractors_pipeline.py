@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -20,19 +19,10 @@ from ctdose.features import read_feature_table
 from ctdose.layout import IDENTITY_COLUMNS, ResultsLayout
 from ctdose.naming import ROI_CLASSES, ROI_NAMES
 from ctdose.registration import save_transform
+from conftest import load_script
 
 torch.set_num_threads(1)
-REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--patch-size", "32", "32", "16", "--patches-per-roi", "1"]
-
-
-def _script(relpath: str):
-    """Import a top-level script (folders are not packages) as a module."""
-    path = REPO / relpath
-    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +51,7 @@ def _fresh(results: Path, tmp_path: Path) -> Path:
 
 def _run(relpath: str, argv: list[str], default_weights: str | None = None) -> None:
     """Run a script's main; ``default_weights`` replaces a network script's WEIGHTS setting."""
-    module = _script(relpath)
+    module = load_script(relpath)
     if hasattr(module, "main"):
         module.main(argv)
     else:  # the network scripts call deep.main with their settings block

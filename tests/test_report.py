@@ -1,7 +1,6 @@
 """Analysis scripts end to end on synthetic results, and the report rendering every section."""
 
 import base64
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +17,13 @@ from ctdose.plots import umap_panels
 from ctdose.registration import save_transform
 from ctdose.report import analysis_files, markdown_table
 from ctdose.volume import Volume
+from conftest import load_script
 
 torch.set_num_threads(1)
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _script(name):
-    spec = importlib.util.spec_from_file_location(f"analyze_{name}", ROOT / "analyze" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"analyze/{name}.py")
 
 
 def _tiny_dicom(tmp: Path, layout: ResultsLayout) -> pd.DataFrame:

@@ -141,17 +141,23 @@ def make_jobs(series: pd.DataFrame, centers: pd.DataFrame, layout: ResultsLayout
 # --------------------------------------------------------------------------- per-series helpers
 
 
-def load_series(job: SeriesJob) -> tuple[Volume, sitk.Transform]:
-    """The series' CT volume and its reference -> series transform (clear errors if files are gone)."""
+def load_volume(job: SeriesJob) -> Volume:
+    """The series' CT volume (a clear error if its folder is gone)."""
     from ctdose.dicom_io import read_ct_series
-    from ctdose.registration import load_transform
 
     if not Path(job.ct_path).exists():
         raise FileNotFoundError(f"series {job.series_uid}: CT folder {job.ct_path} (from the catalog) is missing")
+    return read_ct_series(job.ct_path, job.series_uid)
+
+
+def load_series(job: SeriesJob) -> tuple[Volume, sitk.Transform]:
+    """The series' CT volume and its reference -> series transform (clear errors if files are gone)."""
+    from ctdose.registration import load_transform
+
     if not Path(job.transform_path).exists():
         raise FileNotFoundError(f"series {job.series_uid}: transform {job.transform_path} is missing; "
                                 "run the data/prepare step first")
-    return read_ct_series(job.ct_path, job.series_uid), load_transform(job.transform_path)
+    return load_volume(job), load_transform(job.transform_path)
 
 
 def feature_frame(identity: dict[str, Any], rows: pd.DataFrame, values: np.ndarray,

@@ -150,13 +150,10 @@ class RadiomicsTask:
         if self.mode == "patch":
             volume, transform = driver.load_series(job)
             return patch_frame(volume, transform, job.centers, job.identity, self.params, self.patch)
-        from ctdose.dicom_io import read_ct_series
         from ctdose.seg import read_seg_masks
 
         if job.seg_path is None or not Path(job.seg_path).exists():
             raise FileNotFoundError(f"series {job.series_uid}: SEG file {job.seg_path} is missing (roi mode)")
-        if not Path(job.ct_path).exists():
-            raise FileNotFoundError(f"series {job.series_uid}: CT folder {job.ct_path} is missing")
-        volume = read_ct_series(job.ct_path, job.series_uid)
+        volume = driver.load_volume(job)
         masks = read_seg_masks(job.seg_path, job.ct_path, job.series_uid)
         return roi_frame(volume, masks, job.identity, self.params)
