@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 RESULTS ?= results
 TWIN ?= data/twin_demo
 WORKERS ?= 2
-# patches per ROI used by the extractors (the centres file always holds 10 per ROI)
+# patches per ROI used by the extractors (the centers file always holds 10 per ROI)
 DEMO_PATCHES ?= 2
 # SwinUNETR (~0.6 s/patch) and CT-FM (~0.25 s/patch on a 2-core CPU): FBP series, 1 patch per ROI
 SWIN_DEMO_FLAGS ?= --recons FBP --patches-per-roi 1

@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Data-layer benchmark: patch sampling vs whole-volume resampling, registration time, catalog speed.
 
-1. 60 patches (64x64x32) from a 512x512x100 volume through a rigid transform: sampling only the patch
-   grids (ctdose.patches.sample_patches) vs resampling the whole volume with SimpleITK and cropping.
-   Both give the same voxels (checked); the ratio is the point.
+1. 60 patches (64x64x32) from a 512x512x100 volume through a rigid transform: one call of
+   ctdose.patches.sample_patches (the CPU kernel) vs resampling the whole volume with SimpleITK and
+   cropping, side by side on the same threads, with the other candidates measured for the sampler
+   (SimpleITK per patch grid, torch grid_sample on the CPU, scipy map_coordinates) and the max
+   |difference| of each from the sampler in HU.
 2. Rigid registration of a 256x256x50 phantom pair (target < 3 s on one core).
 3. Catalog speed (series/s, files/s) on a generated tree of 20 series x 40 slices, and the time
    to read one series' pixels.
@@ -18,14 +20,17 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 from scipy import ndimage
 
 from ctdose.catalog import CatalogWarning, build_catalog
 from ctdose.dicom_io import CTSeriesMeta, read_ct_series, write_ct_series
-from ctdose.patches import PATCH_SIZE_XYZ, PATCH_SPACING_XYZ, affine_from_transform, sample_patches
+from ctdose.patches import (FILL_HU, PATCH_SIZE_XYZ, PATCH_SPACING_XYZ, affine_from_transform,
+                            default_threads, patch_index_grid, sample_patches)
 from ctdose.registration import register_rigid
 from ctdose.volume import Volume
 
@@ -36,7 +41,8 @@ REGISTRATION_ZYX = (50, 256, 256)    # volume pair registered
 CATALOG_SERIES, CATALOG_SLICES = 20, 40
 CATALOG_SLICE_SIZE = 128             # rows = columns of the generated catalog series
 REPEATS = 3                          # best-of repeats for the timed calls
-THREADS = 1                          # SimpleITK threads (the patch sampler runs on one core)
+THREADS = 1                          # SimpleITK threads of the registration case
+PATCH_THREADS = default_threads()    # threads of every patch-sampling candidate (all cores)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -58,59 +64,95 @@ def smooth_volume(shape_zyx: tuple[int, int, int], spacing_xyz, seed: int = 0) -
     return Volume(array, origin, spacing_xyz)
 
 
-def bench_patches(shape_zyx, n_patches: int, repeats: int) -> None:
+def best_times_interleaved(funcs: dict[str, Callable[[], object]],
+                           repeats: int) -> dict[str, tuple[float, object]]:
+    """Smallest wall time of each function over ``repeats`` rounds that call every function in turn (so a
+    load spike on a shared machine hits them alike), with its last result."""
+    best: dict[str, tuple[float, object]] = {name: (float("inf"), None) for name in funcs}
+    for _ in range(repeats):
+        for name, func in funcs.items():
+            start = time.perf_counter()
+            result = func()
+            best[name] = (min(best[name][0], time.perf_counter() - start), result)
+    return best
+
+
+def bench_patches(shape_zyx, n_patches: int, repeats: int, threads: int) -> None:
+    """60 study patches through a rigid transform: one sampler call vs resampling the whole volume.
+
+    Every candidate runs on ``threads`` threads (SimpleITK, torch and the sampler alike; scipy has one);
+    the whole-volume path resamples onto the reference grid (shifted half a voxel so that the even-sized
+    patches fall on its voxels) and crops. Differences are max |a - b| in HU over all patch voxels.
+    """
     volume = smooth_volume(shape_zyx, PATCH_SPACING_XYZ)
     transform = sitk.Euler3DTransform()
-    transform.SetRotation(0.01, -0.015, 0.02)
+    transform.SetRotation(*np.deg2rad([2.0, -1.5, 3.0]))
     transform.SetTranslation((1.7, -2.3, 1.1))
     rng = np.random.default_rng(1)
-    # centres on reference voxel positions, far enough from the edges for whole patches
-    half = np.array(PATCH_SIZE_XYZ) // 2 + np.array([10, 10, 4])
+    # centers on reference voxel positions, far enough from the edges for whole patches
+    half = np.array(PATCH_SIZE_XYZ) // 2 + np.array([16, 16, 6])
     ijk = np.column_stack([rng.integers(h, n - h, n_patches) for h, n in zip(half, volume.shape_xyz)])
-    centres = volume.index_to_physical(ijk.astype(float))
-
-    t_patch, batch = best_time(lambda: sample_patches(volume, centres, transform), repeats)
+    centers = volume.index_to_physical(ijk.astype(float))
     image = volume.to_sitk()
+    nx, ny, nz = PATCH_SIZE_XYZ
 
-    # even-sized patches are centred between voxels: their grid points are the reference grid shifted by
-    # half a voxel, so resample onto that shifted grid; patch voxel 0 is then grid index centre - size/2
     offset_image = sitk.Image(image.GetSize(), sitk.sitkFloat32)
     offset_image.SetSpacing(image.GetSpacing())
     offset_image.SetOrigin(tuple(np.array(image.GetOrigin()) + 0.5 * np.array(image.GetSpacing())))
     offset_image.SetDirection(image.GetDirection())
 
-    def resample_and_crop_offset() -> np.ndarray:
-        resampled = sitk.Resample(image, offset_image, transform, sitk.sitkLinear, -1024.0)
+    def resample_and_crop() -> np.ndarray:  # patch voxel 0 is grid index center - size / 2
+        resampled = sitk.Resample(image, offset_image, transform, sitk.sitkLinear, FILL_HU)
         whole = sitk.GetArrayViewFromImage(resampled)  # a view: `resampled` must stay alive
-        nx, ny, nz = PATCH_SIZE_XYZ
         return np.stack([whole[k - nz // 2:k + nz // 2, j - ny // 2:j + ny // 2, i - nx // 2:i + nx // 2]
                          for i, j, k in ijk])
 
-    t_whole, cropped = best_time(resample_and_crop_offset, repeats)
-    difference = float(np.abs(cropped - batch.patches).max())
-
-    def sitk_per_patch() -> np.ndarray:  # patch grids only, interpolated by ITK (no outside count)
+    def sitk_per_patch() -> np.ndarray:  # the former sampler: SimpleITK on each patch grid
         grid = sitk.Image(list(PATCH_SIZE_XYZ), sitk.sitkFloat32)
         grid.SetSpacing(PATCH_SPACING_XYZ)
         corner = (np.array(PATCH_SIZE_XYZ) - 1) / 2.0 * np.array(PATCH_SPACING_XYZ)
         out = []
-        for centre in centres:
-            grid.SetOrigin(tuple(centre - corner))
-            patch = sitk.Resample(image, grid, transform, sitk.sitkLinear, -1024.0)
+        for center in centers:
+            grid.SetOrigin(tuple(center - corner))
+            patch = sitk.Resample(image, grid, transform, sitk.sitkLinear, FILL_HU)
             out.append(sitk.GetArrayFromImage(patch))
         return np.stack(out)
 
-    t_itk, itk_patches = best_time(sitk_per_patch, repeats)
-    itk_difference = float(np.abs(itk_patches - batch.patches).max())
-    print(f"patches: {n_patches} x {PATCH_SIZE_XYZ} from a {shape_zyx[::-1]} (x, y, z) volume "
-          f"through a rigid transform")
-    print(f"  {'sample patch grids only':32s} {t_patch * 1000:9.1f} ms")
-    print(f"  {'resample whole volume + crop':32s} {t_whole * 1000:9.1f} ms")
-    print(f"  {'patch grids via sitk.Resample':32s} {t_itk * 1000:9.1f} ms   "
-          f"(max |difference| = {itk_difference:.2g} HU)")
-    print(f"  ratio whole/patches = {t_whole / t_patch:.2f}x, whole/sitk-patches = {t_whole / t_itk:.2f}x   "
-          f"(max |difference| whole vs patches = {difference:.2g} HU, "
-          f"{int(batch.n_outside.sum())} voxels outside)")
+    first, steps = patch_index_grid(volume, centers, transform)
+    voxel_zyx = np.stack(np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij"), -1)
+    points = (first[:, None] + (voxel_zyx[..., ::-1].reshape(-1, 3) @ steps)[None]).reshape(-1, 3)  # i j k
+
+    candidates = {
+        "ctdose sample_patches (CPU kernel)": lambda: sample_patches(volume, centers, transform,
+                                                                     threads=threads),
+        "resample whole volume + crop (ITK)": resample_and_crop,
+        "sitk.Resample per patch grid": sitk_per_patch,
+        "torch grid_sample on the CPU": lambda: sample_patches(volume, centers, transform,
+                                                               device="cpu").patches,
+        "scipy map_coordinates (1 thread)": lambda: ndimage.map_coordinates(
+            volume.array, points[:, ::-1].T, order=1, mode="nearest").reshape(n_patches, nz, ny, nx),
+    }
+    itk_threads, torch_threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads(), torch.get_num_threads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    torch.set_num_threads(threads)
+    sample_patches(volume, centers[:1], transform)  # compile (or load) the CPU kernel once
+    try:
+        timed = best_times_interleaved(candidates, repeats)
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(itk_threads)
+        torch.set_num_threads(torch_threads)
+
+    t_patch, batch = timed["ctdose sample_patches (CPU kernel)"]
+    print(f"patches: {n_patches} x {PATCH_SIZE_XYZ} from a {shape_zyx[::-1]} (x, y, z) volume through a "
+          f"rigid transform (2, -1.5, 3 deg; 1.7, -2.3, 1.1 mm), {threads} thread(s) each, best of {repeats}")
+    for label, (seconds, result) in timed.items():
+        if result is batch:
+            note = f"{int(batch.n_outside.sum())} voxels outside"
+        else:
+            note = f"max |difference| = {float(np.abs(np.asarray(result) - batch.patches).max()):.2g} HU"
+        print(f"  {label:36s} {seconds * 1000:9.1f} ms   {seconds / t_patch:5.1f}x the sampler   ({note})")
+    t_whole = timed["resample whole volume + crop (ITK)"][0]
+    print(f"  ratio whole volume / patches = {t_whole / t_patch:.1f}x")
 
 
 def phantom(shape_zyx, spacing_xyz, transform: sitk.Transform | None = None, seed: int = 0) -> Volume:
@@ -179,16 +221,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smaller cases, < 1 min in all")
     parser.add_argument("--repeats", type=int, default=REPEATS, help=f"best-of repeats (default: {REPEATS})")
     parser.add_argument("--threads", type=int, default=THREADS,
-                        help=f"SimpleITK threads, for a like-for-like comparison with the single-threaded "
-                             f"patch sampler (default: {THREADS})")
+                        help=f"SimpleITK threads of the registration case (default: {THREADS})")
+    parser.add_argument("--patch-threads", type=int, default=PATCH_THREADS,
+                        help=f"threads of every patch-sampling candidate, sampler and whole-volume "
+                             f"resampling alike (default: all cores, {PATCH_THREADS})")
     args = parser.parse_args(argv)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
     if args.quick:
-        bench_patches((60, 256, 256), N_PATCHES, 2)
+        bench_patches((60, 256, 256), N_PATCHES, 2, args.patch_threads)
         bench_registration((40, 192, 192))
         bench_catalog(5, 20, 64)
     else:
-        bench_patches(PATCH_VOLUME_ZYX, N_PATCHES, args.repeats)
+        bench_patches(PATCH_VOLUME_ZYX, N_PATCHES, args.repeats, args.patch_threads)
         bench_registration(REGISTRATION_ZYX)
         bench_catalog(CATALOG_SERIES, CATALOG_SLICES, CATALOG_SLICE_SIZE)
 

@@ -33,6 +33,7 @@ from ctdose.layout import ResultsLayout
 from ctdose.naming import ROI_CLASSES, ROI_NAMES
 from ctdose.parallel import dask_client, parallel_map
 from ctdose.patches import sample_patches
+from ctdose.provenance import write_sidecar
 from ctdose.volume import Volume
 
 # --- settings ---
@@ -56,8 +57,8 @@ def phantom_volume(seed: int, n_pix: int = 256, n_slices: int = 56) -> Volume:
     return Volume(image.hu + noise, grid.origin, grid.spacing)
 
 
-def centres(n: int, seed: int = 0) -> pd.DataFrame:
-    """``n`` centres cycling over the six ROIs, jittered by up to 3 mm."""
+def jittered_centers(n: int, seed: int = 0) -> pd.DataFrame:
+    """``n`` centers cycling over the six ROIs, jittered by up to 3 mm."""
     from ctdose.twin.phantom import ROI_CENTERS_MM
 
     rng = np.random.default_rng(seed)
@@ -78,13 +79,11 @@ def _sync(device: torch.device) -> None:
 def bench_networks(volume: Volume, n: int, device: torch.device, batch: int, repeats: int) -> list[tuple]:
     """(network, device, batch, sample s, embed s, end-to-end patches/s) rows; embed s = best of ``repeats``
     (the batched and per-patch runs alternate, so a load spike on a shared machine hits both alike)."""
-    xyz = centres(n)[["x_mm", "y_mm", "z_mm"]].to_numpy()
+    xyz = jittered_centers(n)[["x_mm", "y_mm", "z_mm"]].to_numpy()
     t0 = time.perf_counter()
-    if device.type == "cuda":  # as the extractors do: sampled on the GPU by grid_sample
-        patches = deep.sample_patches_torch(volume, xyz, None, (64, 64, 32), (0.6836, 0.6836, 2.0), device)
-        _sync(device)
-    else:
-        patches = sample_patches(volume, xyz).patches
+    # as the extractors do: one sampler call, on the GPU by grid_sample when there is one
+    patches = sample_patches(volume, xyz, device=device if device.type == "cuda" else None).patches
+    _sync(device)
     t_sample = time.perf_counter() - t0
     rows = []
     deep.configure(device, 0)
@@ -105,10 +104,10 @@ def bench_networks(volume: Volume, n: int, device: torch.device, batch: int, rep
 
 
 def make_series(root: Path, n_series: int, per_roi: int) -> tuple[ResultsLayout, list[driver.SeriesJob]]:
-    """DICOM series of the noisy phantom + catalog, identity transforms and centres under ``root``."""
+    """DICOM series of the noisy phantom + catalog, identity transforms and centers under ``root``."""
     from ctdose.catalog import build_catalog
     from ctdose.dicom_io import CTSeriesMeta, write_ct_series
-    from ctdose.registration import save_transform
+    from ctdose.transform_io import save_transform
 
     for k in range(n_series):
         meta = CTSeriesMeta(manufacturer="SIEMENS", model="Bench", kvp=120.0, tube_current_ma=100.0,
@@ -122,9 +121,12 @@ def make_series(root: Path, n_series: int, per_roi: int) -> tuple[ResultsLayout,
         warnings.simplefilter("ignore")
         catalog = build_catalog(root / "data")
     write_csv(catalog, layout.catalog)
+    write_sidecar(layout.catalog, {"data": str(root / "data")})
     for uid in catalog["series_uid"]:
         save_transform(sitk.Euler3DTransform(), layout.transform(uid))
-    write_csv(centres(per_roi * len(ROI_NAMES)), layout.patch_centers)
+        write_sidecar(layout.transform(uid), {"series_uid": uid})
+    write_csv(jittered_centers(per_roi * len(ROI_NAMES)), layout.patch_centers)
+    write_sidecar(layout.patch_centers, {"per_roi": per_roi})
     _, centers = driver.read_inputs(layout)
     return layout, driver.make_jobs(catalog, driver.select_centers(centers), layout, "radiomics")
 

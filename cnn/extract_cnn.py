@@ -11,18 +11,40 @@ Example: .venv/bin/python cnn/extract_cnn.py --results results --patches-per-roi
 
 from __future__ import annotations
 
+import argparse
 import sys
-from pathlib import Path
 
-from ctdose.extractors import deep
+from ctdose.cli import run_main
+from ctdose.extractors import deep, driver
+from ctdose.layout import repo_path
 
 # --- settings ---
-RESULTS = "results"
-WEIGHTS = str(Path(__file__).with_name("weights") / "shallow_cnn.pt")  # made by cnn/pretrain_cnn.py
-BATCH_SIZE = 16
-NAME = "cnn"
+RESULTS = "results"          # reads catalog, centers, transforms; writes features/ (repo-relative)
+WEIGHTS = "cnn/weights/shallow_cnn.pt"  # made by cnn/pretrain_cnn.py (repo-relative)
+ALLOW_UNTRAINED = False      # no weights: seeded random init, marked "untrained" (else: stop)
+DEVICE = "auto"              # auto (CUDA when available), cpu, cuda or cuda:N
+SEED = 0                     # torch seed, and the random init when untrained
+PATCHES_PER_ROI = None       # first K centers of each ROI (None: all of patch_centers.csv)
+BATCH_SIZE = 16              # patches per forward pass
+NAME = "cnn"                 # extractor name: features/cnn.csv, feature columns cnn_0000 ...
 # --- end settings ---
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    driver.add_common_args(parser, str(repo_path(RESULTS)))
+    parser.set_defaults(patches_per_roi=PATCHES_PER_ROI)
+    deep.add_deep_args(parser, str(repo_path(WEIGHTS)), BATCH_SIZE, DEVICE, SEED, ALLOW_UNTRAINED)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.weights = deep.chosen_weights(args.weights, str(repo_path(WEIGHTS)), args.allow_untrained)
+    print(f"table: {deep.run(args, NAME)}")
+    return 0
+
+
 if __name__ == "__main__":
-    deep.main(sys.argv[1:], NAME, __doc__, RESULTS, WEIGHTS, BATCH_SIZE)
+    sys.exit(run_main(main))

@@ -60,12 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         print(f"{out} exists; nothing to do (--overwrite retrains)")
-        return
+        return 0
     import torch
 
     from ctdose.catalog import build_catalog
@@ -75,23 +75,20 @@ def main(argv: list[str] | None = None) -> None:
     from ctdose.twin.generate import generate_twin
     from ctdose.twin.presets import get_preset
 
-    try:
-        if args.seed == 0 or args.texture_seed == 0:
-            raise ValueError("--seed and --texture-seed must differ from the evaluation twin's (0)")
-        unknown = sorted(set(args.val_scanners) - set(args.scanners))
-        if unknown:
-            raise ValueError(f"--val-scanners {', '.join(unknown)} are not among --scanners")
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-        preset = get_preset("demo").with_overrides(scanners=tuple(args.scanners), doses=tuple(args.doses),
-                                                   recons=tuple(args.recons), reps=1)
-        generate_twin(args.twin, preset, seed=args.seed, texture_seed=args.texture_seed, workers=args.workers)
-        with warnings.catch_warnings():  # the twin folder also holds JSON records: not DICOM, skipped
-            warnings.simplefilter("ignore")
-            catalog = build_catalog(args.twin)
-        data = pretrain.collect_patches(catalog, args.per_roi, args.seed)
-        model, info = pretrain.train(data, tuple(args.val_scanners), args.epochs, args.batch_size, args.lr, args.seed)
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    if args.seed == 0 or args.texture_seed == 0:
+        raise ValueError("--seed and --texture-seed must differ from the evaluation twin's (0)")
+    unknown = sorted(set(args.val_scanners) - set(args.scanners))
+    if unknown:
+        raise ValueError(f"--val-scanners {', '.join(unknown)} are not among --scanners")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    preset = get_preset("demo").with_overrides(scanners=tuple(args.scanners), doses=tuple(args.doses),
+                                               recons=tuple(args.recons), reps=1)
+    generate_twin(args.twin, preset, seed=args.seed, texture_seed=args.texture_seed, workers=args.workers)
+    with warnings.catch_warnings():  # the twin folder also holds JSON records: not DICOM, skipped
+        warnings.simplefilter("ignore")
+        catalog = build_catalog(args.twin)
+    data = pretrain.collect_patches(catalog, args.per_roi, args.seed)
+    model, info = pretrain.train(data, tuple(args.val_scanners), args.epochs, args.batch_size, args.lr, args.seed)
     pretrain.save_encoder(model, out)
     settings = {k: v for k, v in vars(args).items() if k != "overwrite"}
     write_sidecar(out, settings, weights=str(out), weights_sha256=sha256(out), training=info,
@@ -99,7 +96,10 @@ def main(argv: list[str] | None = None) -> None:
                         "seeded digital twin; not the study's (private) weights"),
                   n_series=len(catalog))
     print(f"wrote {out} (final: {info['history'][-1]})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from ctdose.cli import run_main
+
+    sys.exit(run_main(main))

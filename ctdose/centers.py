@@ -1,10 +1,10 @@
-"""Patch centres: seeded points inside each ROI of the reference series, in reference-space mm.
+"""Patch centers: seeded points inside each ROI of the reference series, in reference-space mm.
 
-The same centres are used for every series (each series reaches them through its transform to the
-reference), so every extractor sees the same anatomy in every scan. Centres are drawn from ROI
+The same centers are used for every series (each series reaches them through its transform to the
+reference), so every extractor sees the same anatomy in every scan. Centers are drawn from ROI
 voxels at least ``min_edge_distance_mm`` from the ROI's edge (Euclidean distance transform in mm,
-the field-of-view border counting as an edge) so that patches are centred in the tissue; an ROI
-with fewer such voxels than centres asked for falls back to all its voxels.
+the field-of-view border counting as an edge) so that patches are centered in the tissue; an ROI
+with fewer such voxels than centers asked for falls back to all its voxels.
 """
 
 from __future__ import annotations
@@ -17,17 +17,18 @@ from scipy import ndimage
 
 from ctdose.layout import PATCH_CENTER_COLUMNS
 from ctdose.naming import ROI_CLASSES, ROI_NAMES
+from ctdose.provenance import verify
 from ctdose.volume import Volume
 
-#: Default minimum distance (mm) of a centre from its ROI's edge.
+#: Default minimum distance (mm) of a center from its ROI's edge.
 MIN_EDGE_DISTANCE_MM = 5.0
 
 
 def edge_distance_mm(mask: np.ndarray, spacing_xyz: np.ndarray) -> np.ndarray:
     """Conservative distance (mm) of every mask voxel (z, y, x) to the mask's edge.
 
-    The Euclidean distance to the nearest non-mask voxel centre (the array border counts as
-    non-mask) minus half the largest voxel size, since the edge lies between the two voxel centres.
+    The Euclidean distance to the nearest non-mask voxel center (the array border counts as
+    non-mask) minus half the largest voxel size, since the edge lies between the two voxel centers.
     """
     padded = np.pad(mask.astype(bool), 1)
     distance = ndimage.distance_transform_edt(padded, sampling=tuple(np.asarray(spacing_xyz)[::-1]))
@@ -36,11 +37,14 @@ def edge_distance_mm(mask: np.ndarray, spacing_xyz: np.ndarray) -> np.ndarray:
 
 def draw_patch_centers(label_map: Volume, n_per_roi: int = 10, seed: int = 0,
                        min_edge_distance_mm: float = MIN_EDGE_DISTANCE_MM,
-                       roi_names: tuple[str, ...] = ROI_NAMES) -> pd.DataFrame:
-    """Draw ``n_per_roi`` centres per ROI from a label map (values 1..6 = ``roi_names`` order).
+                       roi_names: tuple[str, ...] = ROI_NAMES,
+                       roi_classes: dict[str, str] | None = None) -> pd.DataFrame:
+    """Draw ``n_per_roi`` centers per ROI from a label map (values 1..n = ``roi_names`` order).
+
+    ``roi_classes`` maps each ROI to its class (default: the phantom's).
 
     Returns a DataFrame with ``layout.PATCH_CENTER_COLUMNS`` (``patch`` = 0-based number within
-    the ROI; x_mm, y_mm, z_mm = LPS voxel centres of ``label_map``'s space, rounded to 0.1 um),
+    the ROI; x_mm, y_mm, z_mm = LPS voxel centers of ``label_map``'s space, rounded to 0.1 um),
     ROIs in ``roi_names``
     order. Deterministic for a seed; distinct voxels unless an ROI has fewer voxels than
     ``n_per_roi``. Raises ``ValueError`` naming an ROI that has no voxel.
@@ -59,17 +63,43 @@ def draw_patch_centers(label_map: Volume, n_per_roi: int = 10, seed: int = 0,
         picks = rng.choice(len(candidates), size=n_per_roi, replace=len(candidates) < n_per_roi)
         points = label_map.index_to_physical(candidates[picks][:, ::-1].astype(float))
         for patch, (x, y, z) in enumerate(points):
-            rows.append((roi, ROI_CLASSES[roi], patch, *(round(float(v), 4) for v in (x, y, z))))
+            rows.append((roi, (roi_classes or ROI_CLASSES)[roi], patch, *(round(float(v), 4) for v in (x, y, z))))
     return pd.DataFrame(rows, columns=list(PATCH_CENTER_COLUMNS))
 
 
-def read_patch_centers(path: str | Path) -> pd.DataFrame:
-    """Read ``patch_centers.csv`` (checks its columns)."""
+def read_patch_centers(path: str | Path, remedy: str = "data/patch_centers.py") -> pd.DataFrame:
+    """Read ``patch_centers.csv`` after checking it against its sidecar; refuse bad centers.
+
+    Refused with one line naming the file: a file changed since it was written (or without sidecar),
+    missing columns, a missing or non-finite coordinate (row named), a duplicated (roi, patch), or an
+    ROI with fewer centers than the ``per_roi`` it was drawn with.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no patch centres at {path}; run data/patch_centers.py first")
-    df = pd.read_csv(path)
+    record = verify(path, remedy)
+    try:
+        df = pd.read_csv(path, dtype={"roi": str, "roi_class": str})
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
+        raise ValueError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
     missing = [c for c in PATCH_CENTER_COLUMNS if c not in df.columns]
     if missing:
-        raise ValueError(f"patch centres {path} lack columns {', '.join(missing)}")
+        raise ValueError(f"patch centers {path} lack columns {', '.join(missing)}")
+    xyz = df[["x_mm", "y_mm", "z_mm"]].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(xyz).all(axis=1) | df[["roi", "patch"]].isna().any(axis=1).to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"{path}: patch center on line {row + 2} ({df.iloc[row]['roi']}, patch "
+                         f"{df.iloc[row]['patch']}) has a missing or non-numeric value; "
+                         f"{int(bad.sum())} such row(s)")
+    duplicated = df.duplicated(["roi", "patch"])
+    if duplicated.any():
+        first = df.loc[duplicated].iloc[0]
+        raise ValueError(f"{path}: patch {first['patch']} of ROI {first['roi']} appears twice")
+    per_roi = (record.get("settings") or {}).get("per_roi")
+    if per_roi is not None:
+        counts = df.groupby("roi").size()
+        short = counts[counts < per_roi]
+        if not short.empty:
+            raise ValueError(f"{path}: ROI {short.index[0]} has {int(short.iloc[0])} centers, fewer than the "
+                             f"{per_roi} per ROI it was drawn with")
+    df["patch"] = df["patch"].astype(int)
     return df

@@ -7,16 +7,22 @@ returned :class:`~ctdose.volume.Volume` is float32 HU indexed ``[z, y, x]`` with
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import functools
+import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileDataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
+from pydicom.pixels.utils import get_expected_length
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from ctdose import __version__
@@ -31,6 +37,32 @@ SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
 SPACING_RTOL = 0.01
 #: Absolute tolerance on slice steps and in-plane alignment, mm.
 SPACING_ATOL_MM = 0.01
+#: Phantom the CTDIvol tag refers to (CID 4052): the 32 cm IEC body phantom, the one of body CT.
+CTDI_BODY_PHANTOM = codes.DCM.IECBodyDosimetryPhantom
+
+
+class SourceImage(NamedTuple):
+    """The image a derived slice was computed from: SOP class and instance UIDs, and its 1-based frame
+    number when it is a frame of a multi-frame image (None for a single-frame image)."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    frame: int | None = None
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """How a derived CT series was computed from the slices of another.
+
+    Written as ImageType DERIVED\\SECONDARY\\AXIAL (pixel values computed from other images, after
+    the examination; PS3.3 C.7.6.1.1.2), DerivationDescription, DerivationCodeSequence (``code``,
+    CID 7203) and, per slice, a SourceImageSequence item naming its source slice.
+    ``sources`` holds one :class:`SourceImage` per written slice, in slice order.
+    """
+
+    description: str
+    sources: tuple[SourceImage, ...]
+    code: Code | None = None
 
 
 @dataclass(kw_only=True)
@@ -47,6 +79,7 @@ class CTSeriesMeta:
     tube_current_ma: float | None = None
     exposure_mas: float | None = None
     ctdivol: float | None = None  # mGy; None leaves the CTDIvol tag out
+    ctdi_phantom: Code = CTDI_BODY_PHANTOM  # phantom CTDIvol refers to (CID 4052)
     kernel: str = ""
     slice_thickness: float | None = None  # mm; None = slice spacing
     series_description: str = ""
@@ -60,6 +93,7 @@ class CTSeriesMeta:
     station: str = ""  # scanner code, e.g. "A1"
     body_part: str = "ABDOMEN"
     institution: str = "ctdose digital twin"
+    derivation: Derivation | None = None  # None: an ORIGINAL\\PRIMARY series
 
 
 def _uid(seed: str | None, *parts: str) -> str:
@@ -78,15 +112,44 @@ def _ds(value: float) -> str:
     return f"{value:.6g}"
 
 
+def _code_item(code: Code) -> Dataset:
+    """A Code Sequence Macro item (CodeValue, CodingSchemeDesignator, CodeMeaning) for ``code``."""
+    item = Dataset()
+    item.CodeValue = code.value
+    item.CodingSchemeDesignator = code.scheme_designator
+    item.CodeMeaning = code.meaning
+    return item
+
+
+def _add_derivation(ds: Dataset, derivation: Derivation, k: int) -> None:
+    """Mark slice ``k`` as derived: description, derivation code and its source slice."""
+    ds.DerivationDescription = derivation.description
+    if derivation.code is not None:
+        ds.DerivationCodeSequence = [_code_item(derivation.code)]
+    reference = derivation.sources[k]
+    source = Dataset()
+    source.ReferencedSOPClassUID = reference.sop_class_uid
+    source.ReferencedSOPInstanceUID = reference.sop_instance_uid
+    if reference.frame is not None:
+        source.ReferencedFrameNumber = reference.frame
+    source.PurposeOfReferenceCodeSequence = [_code_item(codes.DCM.SourceImageForImageProcessingOperation)]
+    source.SpatialLocationsPreserved = "YES"
+    ds.SourceImageSequence = [source]
+
+
 def write_ct_series(volume: Volume, out_dir: str | Path, meta: CTSeriesMeta, *,
                     prefix: str = "CT") -> list[Path]:
     """Write ``volume`` as one CT Image Storage file per slice in ``out_dir`` (``<prefix>0001.dcm``...).
 
     Pixels are signed int16 with RescaleSlope 1 and RescaleIntercept -1024 (HU outside
     [-33792, 31743] are clipped). Slice k sits at ``origin + direction[:, 2] * k * spacing_z``.
-    Each file is written atomically. Returns the file paths in slice order.
+    CTDIvol, when given, comes with its CTDI phantom; a ``meta.derivation`` marks every slice as
+    derived from its source slice. Each file is written atomically. Returns the file paths in slice order.
     """
     out_dir = Path(out_dir)
+    if meta.derivation is not None and len(meta.derivation.sources) != volume.array.shape[0]:
+        raise ValueError(f"derivation names {len(meta.derivation.sources)} source slices for a volume of "
+                         f"{volume.array.shape[0]} slices")
     out_dir.mkdir(parents=True, exist_ok=True)
     series_uid = meta.series_uid or generate_uid()
     study_uid = meta.study_uid or _uid(meta.series_uid, "study")
@@ -109,7 +172,8 @@ def write_ct_series(volume: Volume, out_dir: str | Path, meta: CTSeriesMeta, *,
         file_meta.ImplementationClassUID = pydicom.uid.PYDICOM_IMPLEMENTATION_UID
         ds = FileDataset(None, {}, file_meta=file_meta, preamble=b"\0" * 128)
         ds.SpecificCharacterSet = "ISO_IR 100"
-        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImageType = (["DERIVED", "SECONDARY", "AXIAL"] if meta.derivation is not None
+                        else ["ORIGINAL", "PRIMARY", "AXIAL"])
         ds.SOPClassUID = CTImageStorage
         ds.SOPInstanceUID = sop_uid
         ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = date
@@ -140,6 +204,9 @@ def write_ct_series(volume: Volume, out_dir: str | Path, meta: CTSeriesMeta, *,
             ds.Exposure = int(round(meta.exposure_mas))
         if meta.ctdivol is not None:
             ds.CTDIvol = float(meta.ctdivol)
+            ds.CTDIPhantomTypeCodeSequence = [_code_item(meta.ctdi_phantom)]
+        if meta.derivation is not None:
+            _add_derivation(ds, meta.derivation, k)
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.StudyID = "1"
@@ -172,19 +239,229 @@ def write_ct_series(volume: Volume, out_dir: str | Path, meta: CTSeriesMeta, *,
     return paths
 
 
+#: SOP Class UIDs of the multi-frame CT images read frame by frame through their functional groups:
+#: Enhanced CT Image Storage and Legacy Converted Enhanced CT Image Storage.
+ENHANCED_CT_SOP_CLASS_UIDS = frozenset({"1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2"})
+#: SOP Class UID of RT Structure Set Storage.
+RTSTRUCT_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.481.3"
+
+
 def is_seg(ds: Dataset) -> bool:
     """True for a DICOM Segmentation object."""
     return str(ds.get("SOPClassUID", "")) == SEG_SOP_CLASS_UID or ds.get("Modality") == "SEG"
 
 
+def is_rtstruct(ds: Dataset) -> bool:
+    """True for an RT Structure Set (contours of ROIs drawn on a CT series)."""
+    return str(ds.get("SOPClassUID", "")) == RTSTRUCT_SOP_CLASS_UID or ds.get("Modality") == "RTSTRUCT"
+
+
+def is_enhanced_ct(ds: Dataset) -> bool:
+    """True for an Enhanced CT or Legacy Converted Enhanced CT image (multi-frame, functional groups)."""
+    return str(ds.get("SOPClassUID", "")) in ENHANCED_CT_SOP_CLASS_UIDS
+
+
 def is_ct_image(ds: Dataset) -> bool:
-    """True for a CT image slice (with pixel geometry), False for SEG and other objects."""
-    return (not is_seg(ds)) and ds.get("Modality") == "CT" and "ImagePositionPatient" in ds
+    """True for a CT image (a slice with pixel geometry, or an Enhanced / Legacy Converted Enhanced
+    CT multi-frame image), False for SEG and other objects."""
+    return (not is_seg(ds)) and ds.get("Modality") == "CT" and (
+        "ImagePositionPatient" in ds or is_enhanced_ct(ds))
+
+
+def is_localizer(ds: Dataset) -> bool:
+    """True for a localizer (scout, topogram): ImageType holds LOCALIZER."""
+    image_type = ds.get("ImageType") or []
+    if isinstance(image_type, str):
+        image_type = image_type.split("\\")
+    return "LOCALIZER" in {str(v).strip().upper() for v in image_type}
 
 
 def series_label(ds: Dataset) -> str:
     """A readable name for messages: SeriesDescription, else SeriesInstanceUID."""
     return str(ds.get("SeriesDescription", "") or ds.get("SeriesInstanceUID", "?"))
+
+
+class NotDicomError(ValueError):
+    """A file that is not DICOM at all (no ``DICM`` prefix), as opposed to a damaged DICOM file."""
+
+
+class DamagedDicomError(ValueError):
+    """A damaged DICOM file; ``dataset`` is its header when that much was readable (else None)."""
+
+    def __init__(self, message: str, dataset: Dataset | None = None) -> None:
+        super().__init__(message)
+        self.dataset = dataset
+
+
+#: Tags needed to check that a file holds all of its (native) pixel data.
+_SIZE_TAGS = ("SOPClassUID", "Modality", "SeriesDescription", "SeriesInstanceUID", "Rows", "Columns",
+              "NumberOfFrames", "BitsAllocated", "SamplesPerPixel", "PhotometricInterpretation")
+
+
+def _has_dicm_prefix(path: Path) -> bool:
+    with open(path, "rb") as fp:
+        return fp.read(132)[128:132] == b"DICM"
+
+
+#: (FFFE,E0DD) with length 0, little endian: the end of encapsulated pixel data.
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def _tail(path: Path) -> bytes:
+    with open(path, "rb") as fp:
+        fp.seek(max(0, os.fstat(fp.fileno()).st_size - 8))
+        return fp.read(8)
+
+
+def _dcmread_checked(path: Path, *, stop_before_pixels: bool,
+                     specific_tags: list[str] | None) -> tuple[Dataset, int, int, bool]:
+    """``pydicom.dcmread`` that turns parse errors into one line: the dataset, the file size, the file
+    position where reading stopped, and whether pydicom met the end of the file inside encapsulated
+    pixel data (its warning; other warnings pass through)."""
+    # the warning comes only with the pixel data; recording warnings costs ~10 % of a header read
+    record = warnings.catch_warnings(record=True) if not stop_before_pixels else contextlib.nullcontext([])
+    with open(path, "rb") as fp, record as caught:
+        if not stop_before_pixels:
+            warnings.simplefilter("always")
+        size = os.fstat(fp.fileno()).st_size
+        try:
+            ds = pydicom.dcmread(fp, stop_before_pixels=stop_before_pixels, specific_tags=specific_tags)
+        except InvalidDicomError:
+            raise NotDicomError(f"{path}: not a DICOM file") from None
+        except Exception as error:  # pydicom raises many types on a damaged header; each is one line here
+            if not _has_dicm_prefix(path):
+                raise NotDicomError(f"{path}: not a DICOM file") from None
+            raise DamagedDicomError(f"{path}: damaged DICOM header, cut off or corrupt "
+                                    f"({type(error).__name__}: {error})") from None
+        end = fp.tell()
+    cut = False
+    for warning in caught:
+        if "End of file reached before delimiter" in str(warning.message):
+            cut = True
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return ds, size, end, cut
+
+
+def read_dicom(path: str | Path, *, stop_before_pixels: bool = True,
+               specific_tags: list[str] | None = None) -> Dataset:
+    """Read one DICOM file (its header only by default) and check that it is whole.
+
+    Raises :class:`NotDicomError` for a file that is not DICOM, and :class:`DamagedDicomError`
+    (a ``ValueError``) naming the file for a damaged one: no SOP Class UID, a header pydicom
+    cannot parse after the ``DICM`` prefix, a header cut off before the pixel data of an image
+    (or an image written without pixels), uncompressed pixel data shorter than Rows x Columns x
+    frames x samples x bits, or compressed (encapsulated) pixel data without its closing sequence
+    delimiter (looked for in the file's last 8 bytes; a full read confirms a miss, since elements
+    may follow the pixel data). A cut deflated file fails to inflate, naming the file.
+    """
+    path = Path(path)
+    if specific_tags is not None:
+        specific_tags = [*specific_tags, *_SIZE_TAGS, *(() if stop_before_pixels else ("PixelData",))]
+    ds, size, end, cut = _dcmread_checked(path, stop_before_pixels=stop_before_pixels,
+                                          specific_tags=specific_tags)
+    syntax = getattr(ds, "file_meta", Dataset()).get("TransferSyntaxUID")
+    deflated = syntax is not None and syntax.is_deflated
+    sop_class = ds.get("SOPClassUID") or getattr(ds, "file_meta", Dataset()).get("MediaStorageSOPClassUID")
+    if not sop_class:  # every DICOM object names its SOP class, in its file meta group first of all
+        raise DamagedDicomError(f"{path}: DICOM file cut off, or damaged: no SOP Class UID in its "
+                                f"{size} bytes")
+    sop_name = getattr(sop_class, "name", "")
+    if not ("Rows" in ds or str(sop_class) == SEG_SOP_CLASS_UID or sop_name.endswith("Image Storage")):
+        return ds  # no pixel data expected (RTSTRUCT, SR, ...)
+    # stop_before_pixels leaves the file position at the Pixel Data tag; at the end of the file,
+    # that tag was never met (a deflated body is read from memory: nothing to tell from the position)
+    reached = ("PixelData" in ds) if not stop_before_pixels else (deflated or end < size)
+    if not reached or "Rows" not in ds or "Columns" not in ds:
+        raise DamagedDicomError(f"{path}: DICOM file cut off, or written without pixels: it ends "
+                                f"({size} bytes) before the pixel data of its image is complete")
+    if syntax is not None and syntax.is_encapsulated:
+        # encapsulated fragments end with a sequence delimiter, normally the file's last 8 bytes;
+        # otherwise (a cut file, or elements after the pixel data) a full read tells which
+        if cut or (stop_before_pixels and _tail(path) != _SEQUENCE_DELIMITER
+                   and _dcmread_checked(path, stop_before_pixels=False, specific_tags=None)[3]):
+            raise DamagedDicomError(f"{path}: DICOM file cut off ({size} bytes; its compressed pixel data "
+                                    f"ends before its sequence delimiter)", ds)
+        return ds
+    if deflated:
+        return ds
+    try:
+        needed = int(get_expected_length(ds, unit="bytes"))  # a malformed IS value can come back as text
+    except (AttributeError, TypeError, ValueError) as error:
+        raise DamagedDicomError(f"{path}: unusable image header ({type(error).__name__}: {str(error)[:120]})",
+                                ds) from None
+    available = len(ds.PixelData) if not stop_before_pixels else size - end
+    if available < needed:
+        raise DamagedDicomError(f"series {series_label(ds)}: cannot read the pixels of {path}: truncated "
+                                f"DICOM file ({available} bytes from the pixel data on; the pixel data alone "
+                                f"needs {needed})", ds)
+    return ds
+
+
+class FrameDataset(Dataset):
+    """One frame of an Enhanced / Legacy Converted Enhanced CT image, as a single-frame CT header.
+
+    Holds the image's top-level attributes and, moved to the top level, the contents of its shared
+    then its per-frame functional groups (per-frame wins): ImagePositionPatient (Plane Position),
+    ImageOrientationPatient (Plane Orientation), PixelSpacing and SliceThickness (Pixel Measures),
+    RescaleSlope / RescaleIntercept (Pixel Value Transformation), CTDIvol, KVP, ConvolutionKernel
+    ... read as on a CT Image Storage slice. ``pixel_array`` is the frame's stored values (rows,
+    columns), decoded once per image; ``frame_index`` is the 0-based frame number.
+    """
+
+    def __init__(self, source: Dataset, frame_index: int, per_frame: Dataset, shared: Dataset) -> None:
+        super().__init__()
+        for element in source:
+            if element.tag not in _NOT_COPIED:
+                self.add(element)
+        for groups in (shared, per_frame):
+            for macro in groups:
+                if macro.VR == "SQ" and macro.value and not macro.tag.is_private:
+                    for element in macro.value[0]:
+                        self.add(element)
+        self.source = source
+        self.frame_index = frame_index
+        self.filename = getattr(source, "filename", None)
+
+    @property
+    def pixel_array(self) -> np.ndarray:  # type: ignore[override]
+        pixels = self.source.pixel_array
+        return pixels[self.frame_index] if int(self.source.get("NumberOfFrames", 1) or 1) > 1 else pixels
+
+
+#: Top-level elements a frame does not inherit from its multi-frame image.
+_NOT_COPIED = frozenset({pydicom.tag.Tag("PixelData"), pydicom.tag.Tag("NumberOfFrames"),
+                         pydicom.tag.Tag("SharedFunctionalGroupsSequence"),
+                         pydicom.tag.Tag("PerFrameFunctionalGroupsSequence")})
+
+
+def ct_frames(ds: Dataset) -> list[Dataset]:
+    """The slices of one CT image file: ``[ds]`` for a CT Image Storage slice, one
+    :class:`FrameDataset` per frame for an Enhanced or Legacy Converted Enhanced CT image.
+
+    Raises ``ValueError`` naming the file for a multi-frame CT Image Storage object (not a
+    standard form) and for an enhanced image whose frames lack a plane position, orientation or
+    pixel spacing.
+    """
+    where = getattr(ds, "filename", None) or series_label(ds)
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if not is_enhanced_ct(ds):
+        if n_frames > 1:
+            raise ValueError(f"{where}: a {n_frames}-frame CT Image Storage object is not supported "
+                             f"(only Enhanced and Legacy Converted Enhanced CT are read frame by frame)")
+        return [ds]
+    shared_seq = ds.get("SharedFunctionalGroupsSequence") or [Dataset()]
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    if len(per_frame) != n_frames:
+        raise ValueError(f"{where}: {len(per_frame)} per-frame functional groups for {n_frames} frames")
+    frames = [FrameDataset(ds, k, per_frame[k], shared_seq[0]) for k in range(n_frames)]
+    for frame in frames:
+        missing = [kw for kw in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
+                   if kw not in frame]
+        if missing:
+            raise ValueError(f"{where}: frame {frame.frame_index + 1} of this {ds.SOPClassUID.name} has no "
+                             f"{', '.join(missing)} in its functional groups; cannot place it in space")
+    return frames
 
 
 @dataclass
@@ -281,20 +558,31 @@ def read_series_datasets(path: str | Path, series_uid: str | None = None, *,
                          stop_before_pixels: bool = False) -> list[Dataset]:
     """The CT slices (pydicom datasets, file order) of one series found below ``path``.
 
-    Non-DICOM files, SEG objects and other series are skipped. Without ``series_uid`` the folder
-    must hold exactly one CT series. Raises ``ValueError`` / ``FileNotFoundError`` otherwise.
+    Non-DICOM files, SEG objects and other series are skipped; an Enhanced or Legacy Converted
+    Enhanced CT image gives one :class:`FrameDataset` per frame. Without ``series_uid`` the folder
+    must hold exactly one CT series. Raises ``FileNotFoundError`` for a missing folder, and
+    ``ValueError`` otherwise, naming the file for a damaged DICOM file (see :func:`read_dicom`)
+    that may be a slice of the series (unless its readable header says it is not, it is never skipped).
     """
     by_series: dict[str, list[Dataset]] = {}
     for file in dicom_files(path):
         try:
-            ds = pydicom.dcmread(file, stop_before_pixels=stop_before_pixels)
-        except (InvalidDicomError, OSError, EOFError, ValueError, TypeError):
+            ds = read_dicom(file, stop_before_pixels=stop_before_pixels)
+        except NotDicomError:
             continue
+        except DamagedDicomError as error:
+            other = error.dataset is not None and (not is_ct_image(error.dataset) or (
+                series_uid is not None and str(error.dataset.get("SeriesInstanceUID", "")) != series_uid))
+            if other:  # its header says it belongs to another series or object: not a slice of this one
+                continue
+            raise
+        except OSError as error:
+            raise ValueError(f"cannot read {file}: {error.strerror or error}") from None
         if not is_ct_image(ds):
             continue
         uid = str(ds.get("SeriesInstanceUID", ""))
         if series_uid is None or uid == series_uid:
-            by_series.setdefault(uid, []).append(ds)
+            by_series.setdefault(uid, []).extend(ct_frames(ds))
     if series_uid is not None and series_uid not in by_series:
         raise ValueError(f"no CT slices of series {series_uid} in {path}")
     if not by_series:

@@ -3,12 +3,13 @@
 A feature table has the identity columns of :data:`ctdose.layout.IDENTITY_COLUMNS` first, one row per
 (series_uid, roi, patch), then numeric feature columns prefixed by the extractor's name. The analysis
 steps only ever see tables that passed :func:`read_feature_table`, so a malformed table fails early with
-one line naming the file and the problem.
+one line naming the file and the problem. :func:`load_tables` first checks each table against its
+extractor's sidecar (:func:`ctdose.provenance.verify`: checksum and row count), so a truncated or
+edited table is refused with one line naming it and the command that remakes it.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,17 +18,12 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from ctdose.layout import IDENTITY_COLUMNS, ResultsLayout
+from ctdose.csv_io import csv_errors_named
+from ctdose.layout import IDENTITY_COLUMNS, TEXT_DTYPES, ResultsLayout, feature_columns
+from ctdose.provenance import read_sidecar, verify
 
 #: Extractor names, in the order the report shows them.
 EXTRACTORS: tuple[str, ...] = ("radiomics", "cnn", "swin", "ctfm")
-#: Command that makes each extractor's table (shown by the report when a table is missing).
-EXTRACTOR_COMMANDS: dict[str, str] = {
-    "radiomics": "radiomics/extract_radiomics.py --results RESULTS",
-    "cnn": "cnn/extract_cnn.py --results RESULTS",
-    "swin": "swin/extract_swin.py --results RESULTS",
-    "ctfm": "ct-fm/extract_ctfm.py --results RESULTS",
-}
 
 
 @dataclass
@@ -52,33 +48,25 @@ class FeatureTable:
                             self.feature_names, self.sidecar)
 
 
-def read_sidecar(table_path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON sidecar beside a table (``x.csv`` -> ``x.json``); empty dict when there is none."""
-    path = Path(table_path).with_suffix(".json")
-    if not path.exists():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-
-
-def read_feature_table(path: str | os.PathLike, name: str | None = None) -> FeatureTable:
-    """Read and validate one feature table.
+def read_feature_table(path: str | os.PathLike, name: str | None = None,
+                       sidecar: dict[str, Any] | None = None) -> FeatureTable:
+    """Read and validate one feature table (its contents; :func:`load_tables` also checks its sidecar).
 
     Checks: the identity columns are present, at least one feature column, all feature columns
     numeric and finite, and no duplicated (series_uid, roi, patch). Raises ``ValueError`` naming
-    the file and the first problem found; ``FileNotFoundError`` when the file is missing.
+    the file and the first problem found (an unparsable CSV included); ``FileNotFoundError`` when
+    the file is missing. ``sidecar``: the table's sidecar when already read (else read here, {} if none).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"feature table {path} not found")
     name = name or path.stem
-    df = pd.read_csv(path, dtype={"series_uid": str, "scanner": str, "recon": str, "roi": str})
+    with csv_errors_named(path):
+        df = pd.read_csv(path, dtype=TEXT_DTYPES)
     missing = [c for c in IDENTITY_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing identity column(s) {', '.join(missing)}")
-    feature_names = [c for c in df.columns if c not in IDENTITY_COLUMNS]
+    feature_names = feature_columns(list(df.columns))
     if not feature_names:
         raise ValueError(f"{path}: no feature columns after the identity columns")
     non_numeric = [c for c in feature_names if not pd.api.types.is_numeric_dtype(df[c])]
@@ -97,7 +85,9 @@ def read_feature_table(path: str | os.PathLike, name: str | None = None) -> Feat
                          f"patch {first['patch']}")
     ident = df[list(IDENTITY_COLUMNS)].copy()
     ident["dose_mgy"] = ident["dose_mgy"].astype(float)
-    return FeatureTable(name, ident, X, feature_names, read_sidecar(path))
+    if sidecar is None:
+        sidecar = read_sidecar(path) or {}
+    return FeatureTable(name, ident, X, feature_names, sidecar)
 
 
 def available_tables(results: str | os.PathLike,
@@ -108,29 +98,20 @@ def available_tables(results: str | os.PathLike,
 
 
 def load_tables(results: str | os.PathLike, extractors: Iterable[str] = EXTRACTORS) -> dict[str, FeatureTable]:
-    """Read and validate every existing feature table; ``FileNotFoundError`` if there is none."""
+    """Every existing feature table, each checked against its sidecar, then read and validated.
+
+    ``FileNotFoundError`` if there is none; :class:`ctdose.provenance.StaleInputError` (one line:
+    the table, e.g. "has 58 rows but its sidecar says 60", and the command that remakes it) for a
+    table that is not what its extractor wrote.
+    """
+    layout = ResultsLayout(results)
+    extractors = list(extractors)
     paths = available_tables(results, extractors)
     if not paths:
-        raise FileNotFoundError(f"no feature tables under {ResultsLayout(results).features_dir} "
+        raise FileNotFoundError(f"no feature tables under {layout.features_dir} "
                                 f"(expected one of {', '.join(f'{e}.csv' for e in extractors)})")
-    return {name: read_feature_table(path, name) for name, path in paths.items()}
-
-
-def outputs_current(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike],
-                    settings: dict[str, Any]) -> bool:
-    """True when every output exists, is newer than every input and its sidecar holds ``settings``.
-
-    Lets analysis scripts skip finished work on a re-run while redoing it when an input table or a
-    setting changed. The sidecar checked is the first output's ``.json``.
-    """
-    outputs = [Path(p) for p in outputs]
-    if not outputs or not all(p.exists() for p in outputs):
-        return False
-    newest_input = max((Path(p).stat().st_mtime for p in inputs if Path(p).exists()), default=0.0)
-    if min(p.stat().st_mtime for p in outputs) < newest_input:
-        return False
-    sidecar = read_sidecar(outputs[0])
-    return json.loads(json.dumps(settings, default=str)) == sidecar.get("settings")
+    return {name: read_feature_table(path, name, verify(path, layout.command(name)))
+            for name, path in paths.items()}
 
 
 def synthetic_feature_table(name: str = "synthetic", scanners: Iterable[str] = ("A1", "B1", "C1", "D1"),
@@ -148,7 +129,7 @@ def synthetic_feature_table(name: str = "synthetic", scanners: Iterable[str] = (
     rng = np.random.default_rng(seed)
     scanners, doses, recons = list(scanners), [float(d) for d in doses], list(recons)
     classes = sorted(set(ROI_CLASSES.values()))
-    class_centre = rng.normal(size=(len(classes), n_features)) * class_signal
+    class_center = rng.normal(size=(len(classes), n_features)) * class_signal
     patch_term = rng.normal(size=(len(ROI_NAMES), patches_per_roi, n_features)) * 0.5
     scanner_offset = rng.normal(size=(len(scanners), n_features)) * 0.3
     rows, X = [], []
@@ -162,7 +143,7 @@ def synthetic_feature_table(name: str = "synthetic", scanners: Iterable[str] = (
                             cls = ROI_CLASSES[roi]
                             rows.append((uid, scanner, f"maker{s % 2}", f"model{s}", dose, recon, rep,
                                          roi, cls, p))
-                            X.append(class_centre[classes.index(cls)] + patch_term[r, p] + scanner_offset[s]
+                            X.append(class_center[classes.index(cls)] + patch_term[r, p] + scanner_offset[s]
                                      + rng.normal(size=n_features) / np.sqrt(dose / 14.0))
     df = pd.DataFrame(rows, columns=list(IDENTITY_COLUMNS))
     feats = pd.DataFrame(np.array(X), columns=[f"{name}_{i:04d}" for i in range(n_features)])

@@ -14,29 +14,45 @@ shape (the body: reference HU > -500, so air is excluded).
 
 Registration: :func:`resample_into` brings a series into another series' grid using the two
 rigid transforms reference -> series of the registration step.
+
+The analysis step: :func:`metric_pairs` chooses which series is compared with which,
+:func:`pair_jobs` checks both transforms of every pair against their sidecars, :func:`measure_pairs`
+measures each pair once (:func:`measure_pair`) and caches it as a one-row CSV whose sidecar records
+the checksums of both transforms, so a pair measured before a re-registration is measured again, and
+:func:`metric_tables` / :func:`figure_plan` give the Table 6 and Tables 3-5 layouts and their figures.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 from scipy import ndimage
 
+from ctdose.atomic import write_csv
+from ctdose.csv_io import read_csv
+from ctdose.layout import ResultsLayout
+from ctdose.parallel import parallel_map
 from ctdose.patches import affine_from_transform
-from ctdose.volume import Volume
+from ctdose.provenance import is_current, verify, write_sidecar
+from ctdose.volume import BODY_THRESHOLD_HU, Volume, body_mask
 
 #: Data range L of the SSIM constants and PSNR peak, in HU.
 DATA_RANGE_HU = 3000.0
-#: Body mask threshold on the reference volume, in HU.
-BODY_THRESHOLD_HU = -500.0
 #: Side of the cubic SSIM window, in voxels.
 SSIM_WINDOW = 7
-
-
-def body_mask(reference: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> np.ndarray:
-    """Voxels inside the phantom: reference HU > threshold (bool, same shape)."""
-    return np.asarray(reference) > threshold_hu
+#: How every pair is measured (part of each cached pair's settings: a change re-measures every pair).
+METRIC_SETTINGS: dict[str, Any] = {
+    "mask": f"reference HU > {BODY_THRESHOLD_HU:g}", "ssim_window": SSIM_WINDOW,
+    "data_range_hu": DATA_RANGE_HU, "c1": (0.01 * DATA_RANGE_HU) ** 2, "c2": (0.03 * DATA_RANGE_HU) ** 2,
+    "psnr_peak_hu": DATA_RANGE_HU,
+    "resampling": "linear, series onto reference grid",
+}
+#: Metric columns of a measured pair.
+METRICS: tuple[str, ...] = ("rmse_hu", "psnr_db", "ssim")
 
 
 def _check(a: np.ndarray, b: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -184,9 +200,141 @@ def metric_pairs(catalog: pd.DataFrame, reference_dose: float = 14.0, scanner_do
 
 def summarize_metrics(per_pair: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     """Mean, sd (over repetitions) and count of rmse_hu, psnr_db, ssim per group ``by``."""
-    metrics = ["rmse_hu", "psnr_db", "ssim"]
-    agg = per_pair.groupby(by, sort=True)[metrics].agg(["mean", "std", "count"])
+    agg = per_pair.groupby(by, sort=True)[list(METRICS)].agg(["mean", "std", "count"])
     out = agg.reset_index()
     out.columns = [f"{m}_{'sd' if s == 'std' else s}" if s else m for m, s in out.columns]
     out = out.rename(columns={"rmse_hu_count": "n"}).drop(columns=["psnr_db_count", "ssim_count"])
     return out
+
+
+# --------------------------------------------------------------------------- the analysis step
+
+
+@dataclass(frozen=True)
+class PairJob:
+    """One pair to measure (plain, picklable fields): a row of :func:`metric_pairs`, the two series'
+    folders, their transforms (reference -> series) and the pair's cache (a one-row CSV + sidecar)."""
+
+    pair: dict[str, Any]
+    series_path: str
+    reference_path: str
+    transform: str
+    reference_transform: str
+    cache: str
+
+    @property
+    def inputs(self) -> list[str]:
+        """Files the pair's result depends on, checksummed in its cache sidecar: both transforms."""
+        return [self.transform, self.reference_transform]
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {**METRIC_SETTINGS, **self.pair}
+
+
+def pair_jobs(catalog: pd.DataFrame, pairs: pd.DataFrame, layout: ResultsLayout) -> list[PairJob]:
+    """One job per row of ``pairs``; each transform is checked against its sidecar first
+    (:class:`ctdose.provenance.StaleInputError` naming a damaged or half-written one)."""
+    paths = catalog.set_index("series_uid")["path"].astype(str).to_dict()
+    remedy = layout.command("prepare")
+    checked: set[str] = set()
+    jobs = []
+    for pair in pairs.to_dict("records"):
+        uid, ref = str(pair["series_uid"]), str(pair["reference_uid"])
+        for u in {uid, ref} - checked:
+            verify(layout.transform(u), remedy)
+            checked.add(u)
+        jobs.append(PairJob(pair, paths[uid], paths[ref], str(layout.transform(uid)),
+                            str(layout.transform(ref)),
+                            str(layout.image_metrics_partial(pair["comparison"], uid, ref))))
+    return jobs
+
+
+def measure_pair(job: PairJob) -> dict[str, Any]:
+    """Read both series, resample the series onto the reference grid, compare inside the reference's body.
+
+    Returns the pair's fields plus rmse_hu, psnr_db, ssim and n_voxels (the mask's size).
+    """
+    from ctdose.dicom_io import read_ct_series, read_reference_series
+    from ctdose.transform_io import load_transform
+
+    series = read_ct_series(job.series_path, job.pair["series_uid"])
+    reference = read_reference_series(job.reference_path, job.pair["reference_uid"])
+    moved = resample_into(series, load_transform(job.transform), reference,
+                          load_transform(job.reference_transform))
+    mask = body_mask(reference.array)
+    return {**job.pair, **compare(moved, reference.array, mask), "n_voxels": int(mask.sum())}
+
+
+#: Column types of a cached pair (UIDs and codes stay text).
+_PAIR_DTYPES = {"series_uid": str, "reference_uid": str, "scanner": str, "reference_scanner": str,
+                "recon": str, "comparison": str}
+
+
+def cached_pair(job: PairJob) -> dict[str, Any] | None:
+    """The pair's cached result when it was measured with these settings from these transforms, else None."""
+    if not is_current(job.cache, job.settings, job.inputs):
+        return None
+    return read_csv(job.cache, dtype=_PAIR_DTYPES).iloc[0].to_dict()
+
+
+def measure_and_cache(job: PairJob) -> dict[str, Any]:
+    """:func:`measure_pair`, then its row written as the pair's one-row CSV and sidecar (atomically)."""
+    row = measure_pair(job)
+    write_csv(pd.DataFrame([row]), job.cache)
+    write_sidecar(job.cache, job.settings, inputs=job.inputs, n_rows=1)
+    return row
+
+
+def measure_pairs(jobs: Sequence[PairJob], workers: int = 1,
+                  scheduler: str | None = None) -> tuple[pd.DataFrame, int]:
+    """Every pair's row (cached ones read back, the others measured, in parallel) and the number measured.
+
+    Rows sorted by comparison, scanner, recon, dose, repetition.
+    """
+    rows, todo = [], []
+    for job in jobs:
+        cached = cached_pair(job)
+        if cached is None:
+            todo.append(job)
+        else:
+            rows.append(cached)
+    rows += parallel_map(measure_and_cache, todo, workers=workers, scheduler=scheduler, desc="image metrics",
+                         unit="pair")
+    per_pair = pd.DataFrame(rows).sort_values(["comparison", "scanner", "recon", "dose_mgy", "repetition"])
+    return per_pair.reset_index(drop=True), len(todo)
+
+
+def metric_tables(per_pair: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(vs_dose by scanner x recon x dose: Table 6 layout; vs_scanner by scanner x reference scanner x recon
+    x dose: Tables 3-5 layout, empty when there is no such pair), mean / sd over repetitions."""
+    vs_dose = per_pair[per_pair["comparison"] == "vs_dose"]
+    by_dose = summarize_metrics(vs_dose, ["scanner", "recon", "dose_mgy"])
+    vs_scan = per_pair[per_pair["comparison"] == "vs_scanner"]
+    by_scanner = (summarize_metrics(vs_scan, ["scanner", "reference_scanner", "recon", "dose_mgy"])
+                  if not vs_scan.empty else pd.DataFrame())
+    return by_dose, by_scanner
+
+
+@dataclass(frozen=True)
+class MetricFigure:
+    """One bar chart: ``name`` (its stem under analysis/image_metrics), the comparison, metric and recon
+    (None: all recons side by side)."""
+
+    name: str
+    comparison: str
+    metric: str
+    recon: str | None
+
+
+def figure_plan(pairs: pd.DataFrame) -> list[MetricFigure]:
+    """The figures of these pairs: per metric, one vs_dose chart per reconstruction, one vs_scanner chart."""
+    plan = []
+    vs_dose_recons = sorted(pairs.loc[pairs["comparison"] == "vs_dose", "recon"].astype(str).unique())
+    has_scanner = bool((pairs["comparison"] == "vs_scanner").any())
+    for metric in ("ssim", "rmse_hu", "psnr_db"):
+        plan += [MetricFigure(f"vs_dose_{metric}_{recon}", "vs_dose", metric, recon)
+                 for recon in vs_dose_recons]
+        if has_scanner:
+            plan.append(MetricFigure(f"vs_scanner_{metric}", "vs_scanner", metric, None))
+    return plan

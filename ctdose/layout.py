@@ -1,7 +1,26 @@
-"""Where every step reads and writes under the results folder (one place, so scripts agree)."""
+"""The one map of every path under the results folder, and of the command that makes each output.
+
+Every step reads and writes through :class:`ResultsLayout`; no script or module builds a path under
+``results/`` by hand. Figures are *stems*: the plotting functions write ``<stem>.png`` and ``.pdf``.
+Sidecars (``x.csv`` -> ``x.json``) are placed by :func:`ctdose.provenance.sidecar_path`.
+
+::
+
+    results/
+      catalog.csv                      data/prepare.py: one row per CT series
+      reference.json                   data/prepare.py: the registration reference series
+      registration.csv                 data/prepare.py: per series, quality before/after, identity kept?
+      transforms/<uid>.tfm (+ .json)   data/prepare.py: rigid transform reference -> series
+      masks/<uid>.nii.gz (+ .json)     data/prepare.py: ROI label map on the series' grid
+      patch_centers.csv                data/patch_centers.py
+      features/<extractor>.csv         radiomics/, cnn/, swin/, ct-fm/ (partial/<extractor>/<uid>.csv)
+      analysis/                        analyze/*.py (ICC, UMAP, classification, image metrics)
+      report.html, report.md           analyze/report.py
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +35,50 @@ IDENTITY_COLUMNS: tuple[str, ...] = (
     "series_uid", "scanner", "manufacturer", "model", "dose_mgy", "recon", "repetition",
     "roi", "roi_class", "patch",
 )
-#: Columns of ``patch_centers.csv`` (centres in reference-space LPS millimetres).
+#: Quality columns between the identity and the feature columns of a feature table:
+#: ``outside_fraction`` = share (0..1) of a patch's voxels outside the series' field of view.
+QC_COLUMNS: tuple[str, ...] = ("outside_fraction",)
+#: The one dtype map of the identity columns (and of the catalog columns of the same names).
+IDENTITY_DTYPES: dict[str, str] = {
+    "series_uid": "str", "scanner": "str", "manufacturer": "str", "model": "str", "dose_mgy": "float64",
+    "recon": "str", "repetition": "int64", "roi": "str", "roi_class": "str", "patch": "int64",
+    "outside_fraction": "float64",
+}
+
+
+def feature_columns(columns: "list[str] | tuple[str, ...]") -> list[str]:
+    """The feature columns of a table: every column that is neither identity nor quality."""
+    return [c for c in columns if c not in IDENTITY_COLUMNS and c not in QC_COLUMNS]
+
+
+#: ``pandas.read_csv`` dtypes of the text identity columns (UIDs and codes stay text, e.g. "1.10").
+TEXT_DTYPES: dict[str, type] = {c: str for c, t in IDENTITY_DTYPES.items() if t == "str"}
+
+#: Columns of ``patch_centers.csv`` (centers in reference-space LPS millimetres).
 PATCH_CENTER_COLUMNS: tuple[str, ...] = ("roi", "roi_class", "patch", "x_mm", "y_mm", "z_mm")
+
+#: The repository root (scripts' default paths are relative to it, not to the current folder).
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Commands that make each output (named in errors about a missing or stale input).
+COMMANDS: dict[str, str] = {
+    "prepare": "data/prepare.py --data DATA --results RESULTS",
+    "centers": "data/patch_centers.py --results RESULTS",
+    "radiomics": "radiomics/extract_radiomics.py --results RESULTS",
+    "cnn": "cnn/extract_cnn.py --results RESULTS",
+    "swin": "swin/extract_swin.py --results RESULTS",
+    "ctfm": "ct-fm/extract_ctfm.py --results RESULTS",
+    "icc": "analyze/icc.py --results RESULTS",
+    "umap": "analyze/umap_plots.py --results RESULTS",
+    "classify": "analyze/classify.py --results RESULTS",
+    "image_metrics": "analyze/image_metrics.py --results RESULTS",
+    "report": "analyze/report.py --results RESULTS",
+}
+
+
+def repo_path(path: str | os.PathLike) -> Path:
+    """A script default resolved against the repository root (absolute paths are kept)."""
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
 
 
 @dataclass(frozen=True)
@@ -26,20 +87,22 @@ class ResultsLayout:
 
     root: Path
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | os.PathLike) -> None:
         object.__setattr__(self, "root", Path(root))
 
+    def command(self, step: str) -> str:
+        """The command that makes ``step``'s output, with this results folder filled in."""
+        return COMMANDS[step].replace("RESULTS", str(self.root))
+
+    # --- data/prepare.py ---------------------------------------------------------------------
     @property
     def catalog(self) -> Path:
         return self.root / "catalog.csv"
 
     @property
-    def transforms_dir(self) -> Path:
-        return self.root / "transforms"
-
-    def transform(self, series_uid: str) -> Path:
-        """Rigid transform reference -> series (SimpleITK ``.tfm``)."""
-        return self.transforms_dir / f"{series_uid}.tfm"
+    def reference(self) -> Path:
+        """The registration reference series (UID, scanner, dose, recon, repetition, path) as JSON."""
+        return self.root / "reference.json"
 
     @property
     def registration(self) -> Path:
@@ -47,17 +110,27 @@ class ResultsLayout:
         return self.root / "registration.csv"
 
     @property
+    def transforms_dir(self) -> Path:
+        return self.root / "transforms"
+
+    def transform(self, series_uid: str) -> Path:
+        """Rigid transform reference -> series (SimpleITK ``.tfm``; its sidecar holds the registration row)."""
+        return self.transforms_dir / f"{series_uid}.tfm"
+
+    @property
     def masks_dir(self) -> Path:
         return self.root / "masks"
 
     def mask(self, series_uid: str) -> Path:
-        """ROI label map on the series' CT grid (0 = background, 1..6 = ROI_NAMES order)."""
+        """ROI label map on the series' CT grid (0 = background, 1..n = ROI order)."""
         return self.masks_dir / f"{series_uid}.nii.gz"
 
+    # --- data/patch_centers.py ---------------------------------------------------------------
     @property
     def patch_centers(self) -> Path:
         return self.root / "patch_centers.csv"
 
+    # --- extractors ----------------------------------------------------------------------------
     @property
     def features_dir(self) -> Path:
         return self.root / "features"
@@ -66,14 +139,107 @@ class ResultsLayout:
         """Merged feature table of one extractor; its JSON sidecar sits beside it."""
         return self.features_dir / f"{extractor}.csv"
 
-    def feature_partial(self, extractor: str, series_uid: str) -> Path:
-        """Per-series partial table, written atomically so that a re-run skips finished series."""
-        return self.features_dir / "partial" / extractor / f"{series_uid}.csv"
+    def feature_partial_dir(self, extractor: str) -> Path:
+        return self.features_dir / "partial" / extractor
 
+    def feature_partial(self, extractor: str, series_uid: str) -> Path:
+        """Per-series partial table (+ sidecar), written atomically so that a re-run skips finished series."""
+        return self.feature_partial_dir(extractor) / f"{series_uid}.csv"
+
+    # --- analysis --------------------------------------------------------------------------------
     @property
     def analysis_dir(self) -> Path:
         return self.root / "analysis"
 
     @property
+    def icc_per_feature(self) -> Path:
+        return self.analysis_dir / "icc_per_feature.csv"
+
+    @property
+    def icc_summary(self) -> Path:
+        return self.analysis_dir / "icc_summary.csv"
+
+    @property
+    def icc_boxplots(self) -> Path:
+        """Figure stem."""
+        return self.analysis_dir / "icc_boxplots"
+
+    @property
+    def umap_dir(self) -> Path:
+        return self.analysis_dir / "umap"
+
+    def umap_table(self, extractor: str) -> Path:
+        return self.umap_dir / f"umap_{extractor}.csv"
+
+    def umap_figure(self, extractor: str) -> Path:
+        """Figure stem."""
+        return self.umap_dir / f"umap_{extractor}"
+
+    @property
+    def cross_dose(self) -> Path:
+        return self.analysis_dir / "classify_cross_dose.csv"
+
+    @property
+    def cross_dose_matrix(self) -> Path:
+        return self.analysis_dir / "classify_cross_dose_matrix.csv"
+
+    @property
+    def curves(self) -> Path:
+        return self.analysis_dir / "classify_curves.csv"
+
+    @property
+    def curves_folds(self) -> Path:
+        return self.analysis_dir / "classify_curves_folds.csv"
+
+    @property
+    def dose_class(self) -> Path:
+        return self.analysis_dir / "classify_dose_level.csv"
+
+    @property
+    def classify_figures_dir(self) -> Path:
+        return self.analysis_dir / "classify"
+
+    def cross_dose_figure(self, extractor: str) -> Path:
+        """Figure stem."""
+        return self.classify_figures_dir / f"cross_dose_{extractor}"
+
+    def curve_figure(self, protocol: str) -> Path:
+        """Figure stem."""
+        return self.classify_figures_dir / f"curve_{protocol}"
+
+    @property
+    def image_metrics_series(self) -> Path:
+        return self.analysis_dir / "image_metrics_series.csv"
+
+    @property
+    def image_metrics_dose(self) -> Path:
+        return self.analysis_dir / "image_metrics_vs_14mGy.csv"
+
+    @property
+    def image_metrics_scanner(self) -> Path:
+        return self.analysis_dir / "image_metrics_vs_reference_scanner.csv"
+
+    @property
+    def image_metrics_partial_dir(self) -> Path:
+        return self.analysis_dir / "image_metrics_partial"
+
+    def image_metrics_partial(self, comparison: str, series_uid: str, reference_uid: str) -> Path:
+        """Cached result of one pair (a one-row CSV + sidecar)."""
+        return self.image_metrics_partial_dir / f"{comparison}__{series_uid}__{reference_uid}.csv"
+
+    @property
+    def image_metrics_figures_dir(self) -> Path:
+        return self.analysis_dir / "image_metrics"
+
+    def image_metrics_figure(self, name: str) -> Path:
+        """Figure stem (``vs_dose_<metric>_<recon>``, ``vs_scanner_<metric>``)."""
+        return self.image_metrics_figures_dir / name
+
+    # --- report -----------------------------------------------------------------------------------
+    @property
     def report(self) -> Path:
         return self.root / "report.html"
+
+    @property
+    def report_md(self) -> Path:
+        return self.root / "report.md"

@@ -13,7 +13,9 @@ series at dose f * D (0 < f < 1):
 The image's own noise is kept, so the result has the total noise of an acquisition at f * D.
 ``photons_per_ray`` must be known for the original acquisition (for twin series it is in the
 twin's ground_truth.json; for others it is an assumption of the user, e.g. from a calibration).
-Slices are processed in chunks to bound memory.
+Slices are processed in chunks to bound memory. The written series is DERIVED, SECONDARY
+(:class:`~ctdose.dicom_io.Derivation`): its DerivationDescription says what was done, and each
+slice names the source slice (or frame) it was computed from.
 """
 
 from __future__ import annotations
@@ -25,13 +27,16 @@ from typing import Callable
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 from tqdm.auto import tqdm
 
-from ctdose.dicom_io import CTSeriesMeta, read_series_datasets, volume_from_datasets, write_ct_series
+from ctdose.dicom_io import (CTDI_BODY_PHANTOM, CTSeriesMeta, Derivation, SourceImage, read_series_datasets,
+                             slice_geometry, volume_from_datasets, write_ct_series)
 from ctdose.naming import format_series_name, parse_series_name
 from ctdose.twin.acquisition import hu_to_mu
-from ctdose.twin.projector import ParallelBeam, fbp, project
+from ctdose.twin.projector import ParallelBeam, default_n_angles, fbp, project
 from ctdose.twin.scanners import MU_WATER_PER_MM, SCANNERS, ScannerProfile, scanner_for_kernel
 from ctdose.volume import Volume
 
@@ -89,8 +94,10 @@ def simulate_low_dose(volume: Volume, fraction: float, photons_per_ray: float, s
     return Volume(volume.array + noise, volume.origin, volume.spacing, volume.direction)
 
 
-def _meta_from_header(ds: Dataset, fraction: float, series_uid: str, description: str) -> CTSeriesMeta:
-    """CTSeriesMeta of the low-dose series: the original's tags with dose tags scaled by ``fraction``."""
+def _meta_from_header(ds: Dataset, fraction: float, series_uid: str, description: str,
+                      derivation: Derivation) -> CTSeriesMeta:
+    """CTSeriesMeta of the low-dose series: the original's tags with dose tags scaled by ``fraction``
+    (and its CTDI phantom, the body phantom when it names none), marked as derived by ``derivation``."""
     def number(keyword: str) -> float | None:
         value = ds.get(keyword, None)
         return None if value in (None, "") else float(value)
@@ -112,7 +119,45 @@ def _meta_from_header(ds: Dataset, fraction: float, series_uid: str, description
         frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")) or None,
         patient_id=str(ds.get("PatientID", "PHANTOM")), patient_name=str(ds.get("PatientName", "")),
         series_datetime=stamp, series_number=int(ds.get("SeriesNumber", 1) or 1) + 5000,
-        station=str(ds.get("StationName", "") or ""), **scaled,
+        station=str(ds.get("StationName", "") or ""), ctdi_phantom=_ctdi_phantom(ds), derivation=derivation,
+        **scaled,
+    )
+
+
+def _ctdi_phantom(ds: Dataset) -> Code:
+    """The CTDI phantom a header's CTDIvol refers to; the body phantom when it names none."""
+    items = ds.get("CTDIPhantomTypeCodeSequence", None)
+    if not items or not all(k in items[0] for k in ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")):
+        return CTDI_BODY_PHANTOM
+    return Code(str(items[0].CodeValue), str(items[0].CodingSchemeDesignator), str(items[0].CodeMeaning))
+
+
+def _frame_number(ds: Dataset) -> int | None:
+    """1-based number of a frame of a multi-frame image (its reader sets ``frame_index``), else None."""
+    index = getattr(ds, "frame_index", None)
+    return None if index is None else int(index) + 1
+
+
+def _derivation(datasets: list[Dataset], name: str, *, fraction: float, ctdivol: float | None,
+                photons_per_ray: float, n_views: int, window: str, cutoff: float, seed: int) -> Derivation:
+    """The low-dose series' derivation record: what was done, and the source slice of each slice.
+
+    ``datasets`` are the source slices in any order (frames of a multi-frame image carry their 0-based
+    ``frame_index``); sources are listed in slice order along the normal (the order of
+    :func:`volume_from_datasets`, hence of the written slices).
+    """
+    order = slice_geometry(datasets, name).order
+    dose = f" of CTDIvol {ctdivol:g} mGy (to {ctdivol * fraction:.4g} mGy)" if ctdivol is not None else ""
+    description = (f"Simulated lower-dose acquisition: dose fraction {fraction:.4g}{dose}. Zero-mean "
+                   f"Gaussian noise of the extra variance inserted in the reprojected source image "
+                   f"({photons_per_ray:.6g} photons per ray at the source dose, {n_views} views), "
+                   f"reconstructed by FBP ({window} window, cut-off {cutoff:g}) and added to the source "
+                   f"image; noise seed {seed}.")
+    return Derivation(
+        description=description,
+        sources=tuple(SourceImage(str(datasets[n].SOPClassUID), str(datasets[n].SOPInstanceUID),
+                                  _frame_number(datasets[n])) for n in order),
+        code=codes.DCM.PixelByPixelAddition,  # CID 7203: a noise image added to each source slice
     )
 
 
@@ -174,7 +219,11 @@ def write_low_dose_series(series_dir: str | Path, *, out_dir: str | Path | None 
         low = simulate_low_dose(volume, fraction, photons_per_ray, seed, mu_water=mu_water, window=window,
                                 cutoff=cutoff, n_angles=n_angles, chunk=chunk, progress=bar.update)
     uid = generate_uid(entropy_srcs=[str(ds.SeriesInstanceUID), f"{fraction:.6g}", str(seed), "low-dose"])
-    meta = _meta_from_header(ds, fraction, uid, name[:64])
+    derivation = _derivation(datasets, label, fraction=fraction, ctdivol=ctdivol,
+                             photons_per_ray=photons_per_ray,
+                             n_views=n_angles or default_n_angles(volume.array.shape[2]), window=window,
+                             cutoff=cutoff, seed=seed)
+    meta = _meta_from_header(ds, fraction, uid, name[:64], derivation)
     tmp = out_dir.parent / f".{out_dir.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     write_ct_series(low, tmp, meta)

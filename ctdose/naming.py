@@ -11,28 +11,19 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ctdose.rois import default_rois
+
 #: Nominal CTDIvol levels of the collection, in mGy.
 DOSE_LEVELS_MGY: tuple[int, ...] = (1, 3, 6, 10, 14)
-#: Dose used as the reference for image metrics.
-REFERENCE_DOSE_MGY = 14
 #: Reconstruction families.
 RECONS: tuple[str, ...] = ("FBP", "IR", "DL")
 #: The 13 scanner codes of the collection.
 SCANNER_CODES: tuple[str, ...] = (
     "A1", "A2", "B1", "B2", "C1", "D1", "E1", "E2", "F1", "G1", "G2", "H1", "H2",
 )
-#: The six liver ROIs and their four classes.
-ROI_CLASSES: dict[str, str] = {
-    "cyst1": "cyst",
-    "cyst2": "cyst",
-    "hemangioma": "hemangioma",
-    "metastasis": "metastasis",
-    "normal1": "normal",
-    "normal2": "normal",
-}
-ROI_NAMES: tuple[str, ...] = tuple(ROI_CLASSES)
-#: Misspellings seen in the wild, mapped to the canonical ROI name.
-_ROI_ALIASES = {"metastatsis": "metastasis", "metastases": "metastasis", "haemangioma": "hemangioma"}
+#: The six liver ROIs and their four classes: the default ROI set (ctdose/data/rois_phantom.yaml).
+ROI_CLASSES: dict[str, str] = dict(default_rois().classes)
+ROI_NAMES: tuple[str, ...] = default_rois().names
 
 _NAME_RE = re.compile(
     r"^(?P<scanner>[A-Za-z]\d+)_(?P<middle>.*)_ID(?P<scan_id>\d+)_Harmonized_"
@@ -77,12 +68,8 @@ def format_series_name(scanner: str, middle: str, scan_id: int, dose_mgy: float,
 
 
 def normalise_roi_label(label: str) -> str:
-    """Canonical ROI name for a SEG segment label (case, spaces and known misspellings)."""
-    key = re.sub(r"[\s_\-]+", "", label.strip().lower())
-    key = _ROI_ALIASES.get(key, key)
-    if key not in ROI_CLASSES:
-        raise ValueError(f"unknown ROI label {label!r}; expected one of {', '.join(ROI_NAMES)}")
-    return key
+    """Canonical ROI name of the default set for a SEG segment label (case, spaces, known misspellings)."""
+    return default_rois().canonical(label)
 
 
 def nominal_dose(ctdivol_mgy: float, levels: tuple[float, ...] = DOSE_LEVELS_MGY) -> float:

@@ -17,15 +17,18 @@ from ctdose.atomic import atomic_path  # noqa: E402
 DPI = 150
 
 
+def figure_files(stem: str | os.PathLike) -> list[Path]:
+    """The files :func:`save_figure` writes for ``stem``: ``<stem>.png`` and ``<stem>.pdf``."""
+    stem = Path(stem)
+    return [stem.with_name(f"{stem.name}.{ext}") for ext in ("png", "pdf")]
+
+
 def save_figure(fig: plt.Figure, stem: str | os.PathLike) -> list[Path]:
     """Write ``<stem>.png`` and ``<stem>.pdf`` atomically and close the figure."""
-    stem = Path(stem)
-    paths = []
-    for ext in ("png", "pdf"):
-        path = stem.with_name(f"{stem.name}.{ext}")
+    paths = figure_files(stem)
+    for path in paths:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=ext, dpi=DPI, bbox_inches="tight")
-        paths.append(path)
+            fig.savefig(tmp, format=path.suffix[1:], dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return paths
 

@@ -1,8 +1,10 @@
-"""Analysis output paths and the HTML + Markdown report that gathers them.
+"""The HTML + Markdown report that gathers every analysis output under one results folder.
 
-:func:`analysis_files` is the one place that names every file under ``<results>/analysis`` (the
-analysis scripts write them, the report reads them). Figures are keyed by their stem (PNG + PDF
-beside each other).
+Every file the report shows is first checked against its producer's sidecar
+(:func:`ctdose.provenance.verify` for a step's main output; the checksum its sidecar recorded for a
+second table or a figure): a missing output becomes a "Missing: ... Make it with ..." note naming the
+command, a stale or damaged one a warning, never a silently shown old figure. Paths come from
+:class:`ctdose.layout.ResultsLayout`; the report's own sidecar lists every file it read.
 """
 
 from __future__ import annotations
@@ -13,44 +15,17 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ctdose.atomic import write_text
-from ctdose.features import EXTRACTOR_COMMANDS, EXTRACTORS, read_sidecar
+from ctdose.csv_io import read_csv
+from ctdose.features import EXTRACTORS
 from ctdose.layout import IDENTITY_COLUMNS, ResultsLayout
-
-
-def analysis_files(results: str | os.PathLike) -> dict[str, Path]:
-    """Paths of the analysis outputs (figure entries are stems without suffix)."""
-    d = ResultsLayout(results).analysis_dir
-    return {
-        "icc_per_feature": d / "icc_per_feature.csv",
-        "icc_summary": d / "icc_summary.csv",
-        "icc_boxplots": d / "icc_boxplots",
-        "umap_dir": d / "umap",
-        "cross_dose": d / "classify_cross_dose.csv",
-        "cross_dose_matrix": d / "classify_cross_dose_matrix.csv",
-        "curves": d / "classify_curves.csv",
-        "curves_raw": d / "classify_curves_folds.csv",
-        "dose_class": d / "classify_dose_level.csv",
-        "classify_figs": d / "classify",
-        "image_metrics_series": d / "image_metrics_series.csv",
-        "image_metrics_dose": d / "image_metrics_vs_14mGy.csv",
-        "image_metrics_scanner": d / "image_metrics_vs_reference_scanner.csv",
-        "image_metrics_figs": d / "image_metrics",
-    }
-
-
-#: Command that makes each analysis output (shown when it is missing).
-COMMANDS: dict[str, str] = {
-    "catalog": "data/prepare.py --data DATA --results RESULTS",
-    "icc": "analyze/icc.py --results RESULTS",
-    "umap": "analyze/umap_plots.py --results RESULTS",
-    "classify": "analyze/classify.py --results RESULTS",
-    "image_metrics": "analyze/image_metrics.py --results RESULTS",
-}
+from ctdose.plots import figure_files
+from ctdose.provenance import file_sha256, read_sidecar, verify, write_sidecar
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
@@ -72,25 +47,68 @@ def _mean_sd(mean: pd.Series, sd: pd.Series, fmt: str) -> pd.Series:
 
 @dataclass
 class Section:
-    """One report section: title, paragraphs/notes, tables (caption, DataFrame), figures (caption, PNG)."""
+    """One report section: title, notes, warnings, tables (caption, DataFrame), figures (caption, PNG)
+    and the files it read (``inputs``, recorded in the report's sidecar)."""
 
     title: str
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
     figures: list[tuple[str, Path]] = field(default_factory=list)
+    inputs: list[Path] = field(default_factory=list)
 
-    def missing(self, what: str, command: str, results: Path) -> None:
-        self.notes.append(f"Missing: {what}. Make it with `{command.replace('RESULTS', str(results))}`.")
+    def missing(self, what: str, command: str) -> None:
+        self.notes.append(f"Missing: {what}. Make it with `{command}`.")
+
+    def checked(self, path: Path, layout: ResultsLayout, step: str, what: str) -> dict[str, Any] | None:
+        """``path``'s sidecar once ``path`` matches it; None after a "Missing" note (no file) or a
+        warning (damaged, edited, half-written, or a corrupt sidecar)."""
+        if not path.is_file():
+            self.missing(what, layout.command(step))
+            return None
+        try:
+            record = verify(path, layout.command(step))
+        except ValueError as err:  # StaleInputError or a corrupt sidecar
+            self.warnings.append(f"{what} not shown: {err}")
+            return None
+        self.inputs.append(path)
+        return record
+
+    def recorded(self, record: dict[str, Any], path: Path) -> bool:
+        """True when ``path`` is one of the outputs ``record`` lists, with the recorded checksum; a
+        listed output that changed since gets a warning."""
+        expected = record.get("outputs", {}).get(os.path.abspath(path))
+        if expected is None or not path.is_file():
+            return False
+        if file_sha256(path) != expected:
+            self.warnings.append(f"{path} changed since its step wrote it; not shown (re-run that step)")
+            return False
+        self.inputs.append(path)
+        return True
+
+    def figure(self, record: dict[str, Any], caption: str, stem: Path) -> None:
+        """Show the PNG of figure ``stem`` if ``record`` lists it unchanged."""
+        png = figure_files(stem)[0]
+        if self.recorded(record, png):
+            self.figures.append((caption, png))
+
+    def table(self, record: dict[str, Any], path: Path) -> pd.DataFrame | None:
+        """A second table of a step (listed in ``record``), or None when absent, changed or empty."""
+        if not self.recorded(record, path) or path.stat().st_size == 0:
+            return None
+        try:
+            df = read_csv(path, dtype={"series_uid": str, "scanner": str})
+        except ValueError:  # an empty table written as a bare newline
+            return None
+        return None if df.empty else df
 
 
-def _read_csv(path: Path) -> pd.DataFrame | None:
-    """A CSV or None when absent or empty."""
-    if not path.exists() or path.stat().st_size == 0:
-        return None
+def _read_table(sec: Section, path: Path) -> pd.DataFrame | None:
+    """A step's main table (already checked), or None when it holds no rows."""
     try:
-        df = pd.read_csv(path, dtype={"series_uid": str, "scanner": str})
-    except pd.errors.EmptyDataError:
+        df = read_csv(path, dtype={"series_uid": str, "scanner": str})
+    except ValueError as err:
+        sec.warnings.append(str(err))
         return None
     return None if df.empty else df
 
@@ -100,20 +118,21 @@ def _data_root(catalog: pd.DataFrame) -> Path | None:
     return Path(os.path.commonpath(paths)) if paths else None
 
 
-def data_section(results: Path) -> Section:
+def data_section(layout: ResultsLayout) -> Section:
     """What data was used: twin or real, counts per scanner x dose x recon."""
     sec = Section("Data used")
-    layout = ResultsLayout(results)
-    if not layout.catalog.exists():
-        sec.missing("the catalog (results/catalog.csv)", COMMANDS["catalog"], results)
+    if sec.checked(layout.catalog, layout, "prepare", f"the catalog ({layout.catalog})") is None:
         return sec
-    catalog = pd.read_csv(layout.catalog, dtype={"series_uid": str, "scanner": str, "path": str})
+    catalog = _read_table(sec, layout.catalog)
+    if catalog is None:
+        return sec
+    catalog["path"] = catalog["path"].astype(str)
     root = _data_root(catalog)
     twin = root is not None and any((d / "ground_truth.json").exists() for d in [root, *list(root.parents)[:3]])
     kind = ("the simulated digital twin (ground_truth.json found)" if twin
             else "real data (no twin ground_truth.json found near the series)")
     sec.notes.append(f"{len(catalog)} CT series from {catalog['scanner'].nunique()} scanners, "
-                     f"{catalog['dose_mgy'].nunique()} dose levels, recons {', '.join(sorted(catalog['recon'].unique()))}; "
+                     f"{catalog['dose_mgy'].nunique()} dose levels, recons {', '.join(sorted(catalog['recon'].astype(str).unique()))}; "
                      f"source: {kind}{f' under {root}' if root else ''}.")
     counts = (catalog.groupby(["scanner", "recon", "dose_mgy"]).size().unstack("dose_mgy", fill_value=0))
     counts.columns = [f"{c:g} mGy" for c in counts.columns]
@@ -132,19 +151,18 @@ def _weights_label(side: dict) -> str:
     return f"{weights} (sha256 {sha[:12]}...)" if sha else str(weights)
 
 
-def feature_section(results: Path) -> Section:
+def feature_section(layout: ResultsLayout) -> Section:
     """Which feature tables exist, their size and weights status (untrained shown as a warning)."""
     sec = Section("Feature tables and weights")
     rows = []
     for name in EXTRACTORS:
-        path = ResultsLayout(results).feature_table(name)
-        if not path.exists():
-            sec.missing(f"{name} features", EXTRACTOR_COMMANDS[name], results)
+        path = layout.feature_table(name)
+        side = sec.checked(path, layout, name, f"{name} features")
+        if side is None:
             continue
-        side = read_sidecar(path)
-        n_rows = sum(1 for _ in path.open()) - 1
-        n_feat = len(pd.read_csv(path, nrows=0).columns) - len(IDENTITY_COLUMNS)
-        rows.append({"extractor": name, "rows": n_rows, "features": n_feat, "weights": _weights_label(side)})
+        n_feat = len(read_csv(path, nrows=0).columns) - len(IDENTITY_COLUMNS)
+        rows.append({"extractor": name, "rows": side.get("n_rows"), "features": n_feat,
+                     "weights": _weights_label(side)})
         if side.get("untrained"):
             sec.warnings.append(f"{name}: features computed with UNTRAINED (random) weights; its results "
                                 f"say nothing about the pretrained model.")
@@ -153,14 +171,13 @@ def feature_section(results: Path) -> Section:
     return sec
 
 
-def icc_section(results: Path) -> Section:
+def icc_section(layout: ResultsLayout) -> Section:
     sec = Section("ICC (feature repeatability)")
-    files = analysis_files(results)
-    summary = _read_csv(files["icc_summary"])
+    record = sec.checked(layout.icc_summary, layout, "icc", "ICC tables")
+    summary = None if record is None else _read_table(sec, layout.icc_summary)
     if summary is None:
-        sec.missing("ICC tables", COMMANDS["icc"], results)
         return sec
-    side = read_sidecar(files["icc_summary"]).get("settings", {})
+    side = record.get("settings", {})
     sec.notes.append("ICC(3,1), two-way mixed, consistency. 'Across doses': per scanner, targets = ROI patches, "
                      "raters = doses. 'Across scanners': per dose, raters = scanners. Settings: "
                      + ", ".join(f"{k} = {side[k]}" for k in ("recon", "repetitions", "standardize", "clip") if k in side)
@@ -168,7 +185,7 @@ def icc_section(results: Path) -> Section:
     excluded = int(summary["n_excluded"].sum())
     if excluded:
         sec.notes.append(f"{excluded} feature x group ICCs were excluded as degenerate (no variance between "
-                         f"targets); they are listed in {files['icc_per_feature'].name}.")
+                         f"targets); they are listed in {layout.icc_per_feature.name}.")
     cell = lambda g: f"{g['mean'].mean():.2f} ({100 * g['share_gt_0.75'].mean():.0f}%)"  # noqa: E731
     for view, col, caption in (("scanner", "dose_mgy", "Mean ICC(3,1) across scanners, extractor x dose "
                                                        "(share of features > 0.75)"),
@@ -180,32 +197,34 @@ def icc_section(results: Path) -> Section:
         wide = sub.groupby(["extractor", "recon", col]).apply(cell, include_groups=False).unstack(col)
         wide.columns = [f"{c:g} mGy" if isinstance(c, float) else str(c) for c in wide.columns]
         sec.tables.append((caption, wide.reset_index()))
-    sec.figures.append(("ICC(3,1) per feature, extractors side by side", files["icc_boxplots"].with_suffix(".png")))
+    sec.figure(record, "ICC(3,1) per feature, extractors side by side", layout.icc_boxplots)
     return sec
 
 
-def umap_section(results: Path) -> Section:
+def umap_section(layout: ResultsLayout) -> Section:
     sec = Section("UMAP embeddings")
-    d = analysis_files(results)["umap_dir"]
-    figs = [(f"UMAP of {name} features", d / f"umap_{name}.png") for name in EXTRACTORS
-            if (d / f"umap_{name}.png").exists()]
-    if not figs:
-        sec.missing("UMAP figures", COMMANDS["umap"], results)
-        return sec
-    side = read_sidecar(d / f"umap_{figs[0][1].stem.removeprefix('umap_')}.csv").get("settings", {})
-    sec.notes.append("Standardised features; " + ", ".join(f"{k} = {v}" for k, v in side.items()) + ".")
-    sec.figures += figs
+    settings = None
+    for name in EXTRACTORS:
+        if not layout.umap_table(name).is_file():
+            continue
+        record = sec.checked(layout.umap_table(name), layout, "umap", f"UMAP of {name}")
+        if record is not None:
+            settings = settings or record.get("settings", {})
+            sec.figure(record, f"UMAP of {name} features", layout.umap_figure(name))
+    if settings is None and not sec.warnings:
+        sec.missing("UMAP figures", layout.command("umap"))
+    if settings:
+        sec.notes.append("Standardised features; " + ", ".join(f"{k} = {v}" for k, v in settings.items()) + ".")
     return sec
 
 
-def classify_section(results: Path) -> Section:
+def classify_section(layout: ResultsLayout) -> Section:
     sec = Section("Classification")
-    files = analysis_files(results)
-    matrix = _read_csv(files["cross_dose_matrix"])
+    record = sec.checked(layout.cross_dose_matrix, layout, "classify", "classification results")
+    matrix = None if record is None else _read_table(sec, layout.cross_dose_matrix)
     if matrix is None:
-        sec.missing("classification results", COMMANDS["classify"], results)
         return sec
-    side = read_sidecar(files["cross_dose_matrix"]).get("settings", {})
+    side = record.get("settings", {})
     sec.notes.append(f"Classifier: {side.get('classifier', '?')} ({side.get('mlp', '')}; {side.get('epochs', '?')} "
                      f"fixed epochs, seed {side.get('seed', '?')}). Scaler and constant-feature filter fitted on "
                      "training rows only. Cross-dose: train at one dose, test at each dose on a held-out scanner "
@@ -222,10 +241,8 @@ def classify_section(results: Path) -> Section:
         wide.index = [f"train {i:g} mGy" for i in wide.index]
         sec.tables.append((f"{name}: cross-dose accuracy, mean ± sd over {int(m['n_folds'].max())} held-out scanners",
                            wide.rename_axis("").reset_index()))
-        fig = files["classify_figs"] / f"cross_dose_{name}.png"
-        if fig.exists():
-            sec.figures.append((f"{name}: accuracy, train dose (rows) x test dose (columns)", fig))
-    curves = _read_csv(files["curves"])
+        sec.figure(record, f"{name}: accuracy, train dose (rows) x test dose (columns)", layout.cross_dose_figure(name))
+    curves = sec.table(record, layout.curves)
     if curves is not None:
         wide = curves.assign(cell=_mean_sd(curves["mean"], curves["sd"], "{:.2f}")).pivot_table(
             index=["protocol", "extractor"], columns="n_train", values="cell", aggfunc="first")
@@ -233,10 +250,8 @@ def classify_section(results: Path) -> Section:
                            wide.reset_index()))
         for protocol, label in (("loso_n", "leave-one-scanner-out with N training scanners"),
                                 ("kfold_n", "grouped k-fold with n training folds")):
-            fig = files["classify_figs"] / f"curve_{protocol}.png"
-            if fig.exists():
-                sec.figures.append((f"ROI-class accuracy, {label}", fig))
-    dose = _read_csv(files["dose_class"])
+            sec.figure(record, f"ROI-class accuracy, {label}", layout.curve_figure(protocol))
+    dose = sec.table(record, layout.dose_class)
     if dose is not None:
         agg = dose.groupby("extractor", sort=False)["accuracy"].agg(["mean", "std", "count"]).reset_index()
         agg["accuracy"] = _mean_sd(agg["mean"], agg["std"], "{:.3f}")
@@ -245,14 +260,13 @@ def classify_section(results: Path) -> Section:
     return sec
 
 
-def image_metrics_section(results: Path) -> Section:
+def image_metrics_section(layout: ResultsLayout) -> Section:
     sec = Section("Image metrics")
-    files = analysis_files(results)
-    by_dose = _read_csv(files["image_metrics_dose"])
+    record = sec.checked(layout.image_metrics_dose, layout, "image_metrics", "image metrics")
+    by_dose = None if record is None else _read_table(sec, layout.image_metrics_dose)
     if by_dose is None:
-        sec.missing("image metrics", COMMANDS["image_metrics"], results)
         return sec
-    side = read_sidecar(files["image_metrics_dose"]).get("settings", {})
+    side = record.get("settings", {})
     sec.notes.append(f"Inside the phantom ({side.get('mask', 'body mask')}); SSIM with a {side.get('ssim_window', 7)}-voxel "
                      f"3-D window, L = {side.get('data_range_hu', 3000):g} HU, C1 = {side.get('c1', 900):g}, "
                      f"C2 = {side.get('c2', 8100):g} HU^2; PSNR peak {side.get('psnr_peak_hu', 3000):g} HU. "
@@ -262,27 +276,31 @@ def image_metrics_section(results: Path) -> Section:
         wide = t.pivot_table(index=["scanner", "recon"], columns="dose_mgy", values="cell", aggfunc="first")
         wide.columns = [f"{c:g} mGy" for c in wide.columns]
         sec.tables.append((f"{metric} against the scanner's reference-dose series (Table 6 layout)", wide.reset_index()))
-    by_scanner = _read_csv(files["image_metrics_scanner"])
+    by_scanner = sec.table(record, layout.image_metrics_scanner)
     if by_scanner is not None:
         t = by_scanner.copy()
         for metric, fmt in (("ssim", "{:.3f}"), ("rmse_hu", "{:.1f}"), ("psnr_db", "{:.1f}")):
             t[metric] = _mean_sd(t[f"{metric}_mean"], t[f"{metric}_sd"], fmt)
         sec.tables.append(("Each scanner against the reference scanner (Tables 3-5 layout)",
                            t[["scanner", "reference_scanner", "recon", "dose_mgy", "ssim", "rmse_hu", "psnr_db", "n"]]))
-    for fig in sorted(files["image_metrics_figs"].glob("*ssim*.png")):
-        sec.figures.append((fig.stem.replace("_", " "), fig))
+    for png in sorted(Path(p) for p in record.get("outputs", {}) if Path(p).suffix == ".png" and "ssim" in Path(p).name):
+        stem = png.with_suffix("")
+        sec.figure(record, stem.name.replace("_", " "), stem)
     return sec
 
 
-def provenance_section(results: Path) -> Section:
+def provenance_section(layout: ResultsLayout) -> Section:
     sec = Section("Provenance")
-    sidecars = {f"features/{n}": ResultsLayout(results).feature_table(n) for n in EXTRACTORS}
-    files = analysis_files(results)
-    sidecars.update({"icc": files["icc_summary"], "classify": files["cross_dose_matrix"],
-                     "image_metrics": files["image_metrics_dose"]})
+    outputs = {f"features/{n}": layout.feature_table(n) for n in EXTRACTORS}
+    outputs.update({"catalog": layout.catalog, "icc": layout.icc_summary, "classify": layout.cross_dose_matrix,
+                    "image_metrics": layout.image_metrics_dose})
     rows, versions = [], {}
-    for step, out in sidecars.items():
-        side = read_sidecar(out)
+    for step, out in outputs.items():
+        try:
+            side = read_sidecar(out)
+        except ValueError as err:
+            sec.warnings.append(str(err))
+            continue
         if not side:
             continue
         versions = versions or side.get("versions", {})
@@ -299,10 +317,10 @@ def provenance_section(results: Path) -> Section:
 
 
 def build_sections(results: str | os.PathLike) -> list[Section]:
-    """All report sections in order; each says what is missing instead of failing."""
-    results = Path(results)
-    return [data_section(results), feature_section(results), icc_section(results), umap_section(results),
-            classify_section(results), image_metrics_section(results), provenance_section(results)]
+    """All report sections in order; each says what is missing or stale instead of failing."""
+    layout = ResultsLayout(results)
+    return [data_section(layout), feature_section(layout), icc_section(layout), umap_section(layout),
+            classify_section(layout), image_metrics_section(layout), provenance_section(layout)]
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -357,9 +375,13 @@ def render_markdown(sections: list[Section], title: str, base: Path | None = Non
 
 
 def write_report(results: str | os.PathLike, title: str = "CT dose impact on AI features: report") -> tuple[Path, Path]:
-    """Write ``<results>/report.html`` (self-contained) and ``<results>/report.md``; returns both paths."""
-    results = Path(results)
-    sections = build_sections(results)
-    html_path = write_text(render_html(sections, title), ResultsLayout(results).report)
-    md_path = write_text(render_markdown(sections, title, results), results / "report.md")
+    """Write ``<results>/report.html`` (self-contained) and ``report.md`` (+ a sidecar listing every
+    file read); returns both paths."""
+    layout = ResultsLayout(results)
+    sections = build_sections(layout.root)
+    html_path = write_text(render_html(sections, title), layout.report)
+    md_path = write_text(render_markdown(sections, title, layout.root), layout.report_md)
+    inputs = sorted({p for s in sections for p in s.inputs})
+    write_sidecar(html_path, {"title": title}, inputs=inputs, outputs=[md_path],
+                  warnings=[w for s in sections for w in s.warnings])
     return html_path, md_path

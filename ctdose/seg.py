@@ -3,12 +3,13 @@
 Label maps are uint8 arrays indexed ``[z, y, x]`` on the CT grid in slice order along the normal
 (as :func:`ctdose.dicom_io.read_ct_series` returns it): 0 = background, 1..6 = ``naming.ROI_NAMES``
 order. Reading maps every SEG frame onto a CT slice through its referenced SOP instance and its
-plane position (both must agree), so frame order does not matter.
+plane position (both must agree), so frame order does not matter; segment labels are matched to ROIs
+through a :class:`ctdose.rois.RoiSet` (default the six; label n = ``rois.names[n - 1]``), so a SEG of
+other structures (organs, lesions) reads with a ROI YAML that names them.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +17,6 @@ from typing import Sequence
 import highdicom as hd
 import numpy as np
 import pydicom
-import SimpleITK as sitk
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
@@ -24,7 +24,7 @@ from ctdose import __version__
 from ctdose.atomic import atomic_path
 from ctdose.dicom_io import read_series_datasets, slice_geometry
 from ctdose.naming import ROI_CLASSES, ROI_NAMES, normalise_roi_label
-from ctdose.volume import Volume
+from ctdose.rois import RoiSet, default_rois
 
 #: Segmented property (category, type) per ROI class.
 _PROPERTY = {
@@ -35,6 +35,9 @@ _PROPERTY = {
 }
 #: Tolerance (voxels) when mapping a frame's plane position onto a CT slice.
 _INDEX_TOL = 0.05
+#: Relative tolerance between SEG and CT pixel spacing: over 512 pixels a 1e-4 mismatch drifts
+#: 0.05 pixel at the far edge, the same tolerance as a frame's plane position (_INDEX_TOL).
+_SPACING_RTOL = 1e-4
 
 
 def write_seg(ct_files: Sequence[str | Path], label_map: np.ndarray, out_path: str | Path,
@@ -117,43 +120,45 @@ def _make_deterministic(seg: hd.seg.Segmentation, source: pydicom.Dataset, seg_u
 
 
 def read_seg_label_map(seg_path: str | Path, ct_dir: str | Path, series_uid: str | None = None,
-                       required: Sequence[str] = ROI_NAMES) -> tuple[np.ndarray, tuple[str, ...]]:
+                       required: Sequence[str] | None = None, *, rois: RoiSet | None = None
+                       ) -> tuple[np.ndarray, tuple[str, ...]]:
     """The SEG's ROIs as a uint8 label map (z, y, x) on the CT grid, and the ROI names (label order).
 
-    Labels are 1..6 in ``naming.ROI_NAMES`` order whatever the SEG's segment numbering; segment
-    labels are normalised (``metastatsis`` -> ``metastasis``). Raises ``ValueError`` naming both
-    files when a frame does not map onto a CT slice, and naming the ROI when one of ``required``
-    is missing.
+    ``rois`` (default: the phantom's six, :func:`ctdose.rois.default_rois`) says which segment label
+    is which ROI: label n is ``rois.names[n - 1]`` whatever the SEG's segment numbering; labels are
+    matched by name or alias (``metastatsis`` -> ``metastasis``). ``required`` (default: every ROI
+    of the set) must all be present. Raises ``ValueError`` in one line: naming both files when the
+    pixel spacing differs or a frame does not map onto a CT slice; naming the SEG, its labels and the
+    ROI YAML to pass when none of its labels is a ROI of the set; naming the ROI when a required one
+    is missing. Segments that are none of the ROIs (beside ones that are) are ignored with a warning.
     """
+    rois = rois or default_rois()
+    required = rois.names if required is None else tuple(required)
     seg_path = Path(seg_path)
     ct_slices = read_series_datasets(ct_dir, series_uid, stop_before_pixels=True)
     ct_uid = str(ct_slices[0].SeriesInstanceUID)
     geom = slice_geometry(ct_slices, ct_uid)
     slice_of_sop = {str(ct_slices[n].SOPInstanceUID): k for k, n in enumerate(geom.order)}
-    seg = hd.seg.segread(seg_path)
+    try:
+        seg = hd.seg.segread(seg_path)
+    except (OSError, ValueError, AttributeError, KeyError, TypeError) as err:
+        raise ValueError(f"cannot read SEG {seg_path}: {str(err).strip() or type(err).__name__}") from None
     where = f"SEG {seg_path} and CT series {ct_uid} in {ct_dir}"
 
     def refuse(why: str) -> ValueError:
         return ValueError(f"{where} do not match: {why}")
 
+    shared_seq = seg.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else pydicom.Dataset()
     nz, ny, nx = geom.shape_zyx
+    _check_pixel_spacing(seg, shared, ct_slices[0], refuse)
     if (int(seg.Rows), int(seg.Columns)) != (ny, nx):
         raise refuse(f"SEG frames are {seg.Rows}x{seg.Columns}, CT slices {ny}x{nx}")
-    label_of_segment: dict[int, int] = {}
-    for item in seg.SegmentSequence:
-        try:
-            roi = normalise_roi_label(str(item.SegmentLabel))
-        except ValueError:
-            warnings.warn(f"SEG {seg_path}: segment {item.SegmentNumber} {item.SegmentLabel!r} is not one of "
-                          f"the six ROIs; ignored", stacklevel=2)
-            continue
-        label_of_segment[int(item.SegmentNumber)] = ROI_NAMES.index(roi) + 1
-    missing = [roi for roi in required if ROI_NAMES.index(roi) + 1 not in label_of_segment.values()]
+    label_of_segment = _segment_labels(seg, seg_path, rois)
+    missing = [roi for roi in required if rois.label_of(roi) not in label_of_segment.values()]
     if missing:
         raise ValueError(f"SEG {seg_path} has no segment for ROI {', '.join(missing)}")
 
-    shared_seq = seg.get("SharedFunctionalGroupsSequence")
-    shared = shared_seq[0] if shared_seq else pydicom.Dataset()
     inverse = np.linalg.inv(geom.direction)
     frames = seg.pixel_array.reshape(-1, ny, nx)
     # BINARY frames hold 0/1; FRACTIONAL ones 0..MaximumFractionalValue: inside = at least half
@@ -188,16 +193,51 @@ def read_seg_label_map(seg_path: str | Path, ct_dir: str | Path, series_uid: str
             raise refuse(f"frame {f + 1} references CT slice {k_sop + 1} but lies on slice {k_pos + 1}")
         k = k_pos if k_pos is not None else k_sop
         label_map[k][frames[f] >= threshold] = label_of_segment[segment]
-    return label_map, ROI_NAMES
+    return label_map, rois.names
 
 
 def read_seg_masks(seg_path: str | Path, ct_dir: str | Path, series_uid: str | None = None,
-                   required: Sequence[str] = ROI_NAMES) -> dict[str, np.ndarray]:
+                   required: Sequence[str] | None = None, *, rois: RoiSet | None = None
+                   ) -> dict[str, np.ndarray]:
     """The SEG's ROIs as boolean masks (z, y, x) on the CT grid, keyed by canonical ROI name
-    (every ROI of ``required``, plus any other ROI the SEG holds)."""
-    label_map, names = read_seg_label_map(seg_path, ct_dir, series_uid, required)
+    (every ROI of ``required``, default all of ``rois``, plus any other ROI of ``rois`` the SEG holds)."""
+    label_map, names = read_seg_label_map(seg_path, ct_dir, series_uid, required, rois=rois)
+    required = names if required is None else tuple(required)
     return {name: label_map == n for n, name in enumerate(names, start=1)
             if name in required or np.any(label_map == n)}
+
+
+def _segment_labels(seg: pydicom.Dataset, seg_path: Path, rois: RoiSet) -> dict[int, int]:
+    """Segment number -> label value (1-based, ``rois`` order) of the segments that are ROIs of ``rois``.
+
+    ``ValueError`` listing the SEG's labels when none is; one warning listing the other non-ROI segments.
+    """
+    segments = [(int(item.SegmentNumber), str(item.SegmentLabel)) for item in seg.SegmentSequence]
+    label_of_segment = {number: rois.label_of(rois.find(label)) for number, label in segments
+                        if rois.find(label) is not None}
+    if not label_of_segment:
+        labels = ", ".join(repr(label) for _, label in segments)
+        raise ValueError(f"SEG {seg_path}: none of its segment labels ({labels}) is a ROI of {rois.source}; "
+                         f"describe them in a ROI YAML like ctdose/data/rois_phantom.yaml and pass "
+                         f"rois=ctdose.rois.load_rois(FILE)")
+    ignored = [f"{number} {label!r}" for number, label in segments if number not in label_of_segment]
+    if ignored:
+        warnings.warn(f"SEG {seg_path}: segment {', '.join(ignored)} not a ROI of {rois.source}; ignored",
+                      stacklevel=3)
+    return label_of_segment
+
+
+def _check_pixel_spacing(seg: pydicom.Dataset, shared: pydicom.Dataset, ct: pydicom.Dataset, refuse) -> None:
+    """Refuse a SEG whose (row, column) pixel spacing is not the CT's (non-square pixels compared
+    axis by axis, so a transposed grid is caught)."""
+    measures = _item(seg.PerFrameFunctionalGroupsSequence[0], shared, "PixelMeasuresSequence") \
+        if "PerFrameFunctionalGroupsSequence" in seg else None
+    if measures is None or "PixelSpacing" not in measures:
+        return  # no spacing in the SEG: frames are checked against the CT slices by position
+    seg_spacing = [float(v) for v in measures.PixelSpacing]
+    ct_spacing = [float(v) for v in ct.PixelSpacing]
+    if not np.allclose(seg_spacing, ct_spacing, rtol=_SPACING_RTOL, atol=0.0):
+        raise refuse(f"pixel spacing (row, column) is {seg_spacing} mm in the SEG, {ct_spacing} mm in the CT")
 
 
 def _item(group: pydicom.Dataset, shared: pydicom.Dataset, keyword: str) -> pydicom.Dataset | None:
@@ -215,33 +255,3 @@ def _frame_sources(group: pydicom.Dataset) -> list[str]:
             for source in derivation.get("SourceImageSequence", [])
             if "ReferencedSOPInstanceUID" in source]
 
-
-def write_label_map(label_map: np.ndarray, like: Volume, path: str | Path) -> Path:
-    """Write a uint8 label map (z, y, x) with the geometry of ``like`` as NIfTI (``.nii.gz``), atomically.
-
-    SimpleITK converts the LPS geometry to NIfTI's RAS convention and back on reading.
-    """
-    label_map = np.asarray(label_map, dtype=np.uint8)
-    if label_map.shape != like.array.shape:
-        raise ValueError(f"label map shape {label_map.shape} differs from the volume's {like.array.shape}")
-    image = sitk.GetImageFromArray(label_map)
-    image.SetOrigin(tuple(like.origin))
-    image.SetSpacing(tuple(like.spacing))
-    image.SetDirection(tuple(like.direction.ravel()))
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        staged = tmp.with_name(tmp.name + ".nii.gz")  # SimpleITK picks the format by extension
-        try:
-            sitk.WriteImage(image, str(staged), useCompression=True)
-            os.replace(staged, tmp)
-        finally:
-            staged.unlink(missing_ok=True)
-    return path
-
-
-def read_label_map(path: str | Path) -> Volume:
-    """Read a label map written by :func:`write_label_map` as a Volume (labels 0..6 as float32 values)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no label map {path}; run data/prepare.py first")
-    return Volume.from_sitk(sitk.ReadImage(str(path)))

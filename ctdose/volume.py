@@ -17,6 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
+#: The phantom (body) is every voxel above this, HU: air and lung-free phantoms separate cleanly.
+BODY_THRESHOLD_HU = -500.0
+
+
+def body_mask(array: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> np.ndarray:
+    """Boolean mask (same shape as ``array``, HU) of the phantom: voxels above ``threshold_hu``."""
+    return np.asarray(array) > threshold_hu
+
 
 @dataclass
 class Volume:

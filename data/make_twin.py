@@ -29,7 +29,7 @@ WORKERS = 2  # worker processes (scans run in parallel)
 # -----------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default=PRESET, help=f"tiny, demo or full (default {PRESET})")
@@ -49,19 +49,18 @@ def main(argv: list[str] | None = None) -> None:
     from ctdose.twin.generate import generate_twin
     from ctdose.twin.presets import get_preset
 
-    try:
-        preset = get_preset(args.preset).with_overrides(
-            scanners=tuple(s.upper() for s in args.scanners) if args.scanners else None,
-            doses=tuple(args.doses) if args.doses else None,
-            recons=tuple(r.upper() for r in args.recons) if args.recons else None, reps=args.reps)
-        start = time.perf_counter()
-        truth = generate_twin(args.out, preset, seed=args.seed, texture_seed=args.texture_seed,
-                              workers=args.workers)
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    preset = get_preset(args.preset).with_overrides(
+        scanners=tuple(s.upper() for s in args.scanners) if args.scanners else None,
+        doses=tuple(args.doses) if args.doses else None,
+        recons=tuple(r.upper() for r in args.recons) if args.recons else None, reps=args.reps)
+    start = time.perf_counter()
+    truth = generate_twin(args.out, preset, seed=args.seed, texture_seed=args.texture_seed, workers=args.workers)
     print(f"{len(truth['series'])} series in {args.out} ({time.perf_counter() - start:.0f} s); "
           f"ground truth: {args.out / 'ground_truth.json'}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from ctdose.cli import run_main
+
+    sys.exit(run_main(main))

@@ -4,7 +4,9 @@
 The series is reprojected, Gaussian noise with the extra variance of the lower photon count is
 inserted in projection space, reconstructed with FBP and added to the image (ctdose/lowdose.py).
 The new series gets new UIDs, scaled CTDIvol / Exposure / XRayTubeCurrent tags and a
-SeriesDescription with the new dose (TCIA naming kept when the description follows it).
+SeriesDescription with the new dose (TCIA naming kept when the description follows it). Its
+ImageType is DERIVED, SECONDARY; its DerivationDescription records the dose fraction, photons per
+ray, views and seed, and each slice's SourceImageSequence names the input slice it was made from.
 
 The number of photons per ray of the original acquisition must be known: from a twin's
 ground_truth.json (--ground-truth), or given directly (--photons-per-ray, or --photons-per-mgy times
@@ -28,7 +30,7 @@ CHUNK = 16  # slices reprojected at once (memory)
 # -----------------------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("series", type=Path,
@@ -53,25 +55,28 @@ def main(argv: list[str] | None = None) -> None:
 
     from ctdose.lowdose import write_low_dose_series
 
-    try:
-        photons_per_ray = args.photons_per_ray
-        photons_per_mgy = args.photons_per_mgy
-        n_angles = args.n_angles
-        if args.ground_truth is not None:
-            if not args.ground_truth.is_file():
-                raise FileNotFoundError(f"no such ground-truth file: {args.ground_truth}")
+    photons_per_ray = args.photons_per_ray
+    photons_per_mgy = args.photons_per_mgy
+    n_angles = args.n_angles
+    if args.ground_truth is not None:
+        if not args.ground_truth.is_file():
+            raise FileNotFoundError(f"no such ground-truth file: {args.ground_truth}")
+        try:
             truth = json.loads(args.ground_truth.read_text())
             photons_per_mgy = {code: s["photons_per_ray_per_mgy"] for code, s in truth["scanners"].items()}
             n_angles = n_angles or truth["physics"]["n_angles"]
-        out = write_low_dose_series(args.series, out_dir=args.out, fraction=args.fraction,
-                                    target_mgy=args.target_mgy, photons_per_ray=photons_per_ray,
-                                    photons_per_mgy=photons_per_mgy, seed=args.seed, n_angles=n_angles,
-                                    chunk=args.chunk,
-                                    series_uid=args.series_uid)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        sys.exit(f"error: {err}")
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            raise ValueError(f"{args.ground_truth}: not a twin ground_truth.json ({type(err).__name__}: "
+                             f"{err})") from None
+    out = write_low_dose_series(args.series, out_dir=args.out, fraction=args.fraction,
+                                target_mgy=args.target_mgy, photons_per_ray=photons_per_ray,
+                                photons_per_mgy=photons_per_mgy, seed=args.seed, n_angles=n_angles,
+                                chunk=args.chunk, series_uid=args.series_uid)
     print(f"wrote {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    from ctdose.cli import run_main
+
+    sys.exit(run_main(main))

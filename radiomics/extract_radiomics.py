@@ -17,12 +17,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from ctdose.cli import run_main
 from ctdose.extractors import driver
 from ctdose.extractors.radiomics_features import MODES, RadiomicsTask, load_params
+from ctdose.layout import repo_path
 from ctdose.parallel import parallel_map
 
 # --- settings ---
-RESULTS = "results"
+RESULTS = str(repo_path("results"))
 PARAMS = str(Path(__file__).with_name("params.yaml"))
 MODE = "patch"
 WORKERS = 2
@@ -42,26 +44,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        params = load_params(args.params)
-        layout, jobs, patch = driver.prepare(args, NAME)
-        value_settings = {"params": params, "mode": args.mode, "patch_size": list(patch.size_xyz),
-                          "patch_spacing": list(patch.spacing_xyz)}
-        driver.check_partial_settings(layout, NAME, value_settings, jobs)
-        todo = [job for job in jobs if not Path(job.partial_path).exists()]
-        print(f"{NAME}: {len(jobs)} series selected, {len(jobs) - len(todo)} already done")
-        threads = 1 if args.workers > 1 or args.scheduler else None  # one core per worker process
-        parallel_map(RadiomicsTask(params, args.mode, patch, threads), todo, workers=args.workers,
-                     scheduler=args.scheduler, desc=NAME)
-        settings = {**driver.selection_settings(args), "params_file": args.params, "params": params,
-                    "mode": args.mode, "workers": args.workers, "scheduler": args.scheduler}
-        table = driver.finish(NAME, layout, jobs, settings, untrained=False)
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    params = load_params(args.params)
+    layout, jobs, patch = driver.prepare(args, NAME, {"params": params, "mode": args.mode})
+    todo = [job for job in jobs if not driver.partial_is_current(job)]
+    print(f"{NAME}: {len(jobs)} series selected, {len(jobs) - len(todo)} already done")
+    threads = 1 if args.workers > 1 or args.scheduler else None  # one core per worker process
+    parallel_map(RadiomicsTask(params, args.mode, patch, threads), todo, workers=args.workers,
+                 scheduler=args.scheduler, desc=NAME)
+    settings = {**driver.selection_settings(args), "params": params, "mode": args.mode}
+    table = driver.finish(NAME, layout, jobs, settings, untrained=False)
     print(f"table: {table}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_main(main))

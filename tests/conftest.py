@@ -13,6 +13,10 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
+import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 from pathlib import Path
@@ -26,12 +30,13 @@ from ctdose.naming import ROI_NAMES, format_series_name
 from ctdose.seg import write_seg
 from ctdose.volume import Volume
 
+REPO = Path(__file__).resolve().parents[1]
 #: Default test geometry: 24 slices of 64x64, 2 mm pixels, 2.5 mm slices.
 SHAPE_ZYX = (24, 64, 64)
 SPACING_XYZ = (2.0, 2.0, 2.5)
 #: Width (mm) of the logistic edges of the phantom (smooth, like partial-volume blurred CT).
 EDGE_MM = 1.5
-#: ROI spheres: centre offset from the volume centre (x, y, z mm), radius mm, HU.
+#: ROI spheres: center offset from the volume center (x, y, z mm), radius mm, HU.
 ROI_SPHERES = {
     "cyst1": ((-25.0, -18.0, -10.0), 7.0, 5.0),
     "cyst2": ((22.0, -20.0, 10.0), 6.0, 5.0),
@@ -49,7 +54,7 @@ SCANNER_INFO = {
 
 
 def default_origin(shape_zyx=SHAPE_ZYX, spacing_xyz=SPACING_XYZ) -> np.ndarray:
-    """Origin (x, y, z mm) that centres the volume on (0, 0, 0)."""
+    """Origin (x, y, z mm) that centers the volume on (0, 0, 0)."""
     nz, ny, nx = shape_zyx
     return -0.5 * (np.array([nx, ny, nz]) - 1) * np.array(spacing_xyz)
 
@@ -181,6 +186,18 @@ def small_tree(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_twin(tmp_path_factory) -> tuple[Path, dict]:
+    """The ``tiny`` twin, made once per session by ``data/make_twin.py`` as a user runs it (seed 5,
+    texture seed 2): (its folder, its ground_truth.json). Shared: tests read it and never change it."""
+    out = tmp_path_factory.mktemp("tiny_twin") / "tiny"
+    proc = subprocess.run([sys.executable, str(REPO / "data" / "make_twin.py"), "--preset", "tiny", "--out", str(out),
+                           "--seed", "5", "--texture-seed", "2", "--workers", "1"], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, f"make_twin.py failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return out, json.loads((out / "ground_truth.json").read_text())
+
+
 def load_script(relpath: str) -> ModuleType:
     """Import a top-level script by its path in the repository (script folders are not packages)."""
     path = Path(__file__).resolve().parents[1] / relpath
@@ -188,3 +205,28 @@ def load_script(relpath: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def run_script(relpath: str, argv: list[str], **settings: object) -> None:
+    """Run a script's ``main(argv)`` as its ``__main__`` does (through ``ctdose.cli.run_main``);
+    ``settings`` replace names of its settings block first (e.g. ``WEIGHTS=...``).
+
+    A non-zero status becomes ``SystemExit`` carrying the script's one-line stderr message, so tests
+    can ``pytest.raises(SystemExit, match=...)``; a traceback would escape as the exception itself.
+    """
+    import contextlib
+    import io
+
+    from ctdose.cli import run_main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        module = load_script(relpath)
+        for name, value in settings.items():
+            setattr(module, name, value)
+        status = run_main(module.main, argv)
+    if status:
+        import re
+
+        found = re.findall(r"(?:error:|interrupted)[^\r\n]*", err.getvalue())  # a progress bar may precede it
+        raise SystemExit(found[-1] if found else f"exit status {status}: {err.getvalue()[-500:]}")

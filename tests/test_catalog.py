@@ -18,10 +18,10 @@ import pytest
 from conftest import phantom_label_map
 from ctdose.atomic import write_csv
 from ctdose.catalog import CatalogWarning, build_catalog, choose_reference, read_catalog
+from ctdose.label_map_io import read_label_map
 from ctdose.layout import CATALOG_COLUMNS, PATCH_CENTER_COLUMNS, ResultsLayout
 from ctdose.naming import ROI_NAMES
-from ctdose.registration import load_transform
-from ctdose.seg import read_label_map
+from ctdose.transform_io import load_transform
 
 
 def test_mixed_tree(tmp_path, make_ct_series):
@@ -76,7 +76,21 @@ def test_name_disagreement_is_reported(tmp_path, make_ct_series):
         df = build_catalog(tmp_path)
     assert df.loc[0, "dose_mgy"] == 6.0  # the tag wins
     assert "name says 10" in df.loc[0, "name_mismatch"]
+    assert df.loc[0, "dose_mismatch"] and df["dose_mismatch"].dtype == bool
     assert case.meta.ctdivol == 6.2
+
+
+@pytest.mark.parametrize("ctdivol, mismatch", [
+    (10.3, False),   # 3 % off the name's 10 mGy: agree
+    (12.9, False),   # 29 % off: still within DOSE_TOLERANCE (30 %)
+    (13.2, True),    # 32 % off: the tag's nominal level is 14 mGy
+    (40.0, True),    # near no level: the dose comes from the name, and they disagree
+])
+def test_dose_mismatch_column(tmp_path, make_ct_series, ctdivol, mismatch):
+    make_ct_series(tmp_path / "s", dose=10, ctdivol=ctdivol)
+    df = build_catalog(tmp_path)
+    assert bool(df.loc[0, "dose_mismatch"]) is mismatch
+    assert ("name says 10" in df.loc[0, "name_mismatch"]) is mismatch
 
 
 def test_absent_dose_tag_falls_back_to_name(tmp_path, make_ct_series):
@@ -86,10 +100,15 @@ def test_absent_dose_tag_falls_back_to_name(tmp_path, make_ct_series):
     assert df.loc[0, "dose_mgy"] == 14.0
 
 
-def test_no_dose_at_all_is_an_error(tmp_path, make_ct_series):
+def test_no_dose_at_all_gives_an_empty_dose_not_a_stop(tmp_path, make_ct_series):
     make_ct_series(tmp_path / "s", ctdivol=None, series_description="plain abdomen")
-    with pytest.raises(ValueError, match="plain abdomen.*no CTDIvol"):
-        build_catalog(tmp_path)
+    make_ct_series(tmp_path / "t", dose=3, scan_id=2, seed=1)
+    with pytest.warns(CatalogWarning, match="plain abdomen.*no CTDIvol.*dose left empty"):
+        df = build_catalog(tmp_path)
+    assert len(df) == 2
+    plain = df[df["series_description"] == "plain abdomen"].iloc[0]
+    assert np.isnan(plain["dose_mgy"]) and not plain["dose_mismatch"] and plain["repetition"] == 1
+    assert df.loc[df["dose_mgy"] == 3, "repetition"].tolist() == [1]
 
 
 def test_name_from_folder_when_description_is_not_a_tcia_name(tmp_path, make_ct_series):
@@ -141,6 +160,40 @@ def test_read_catalog_round_trip(tmp_path, small_tree):
         read_catalog(tmp_path / "missing.csv")
 
 
+def test_choose_reference_never_picks_a_dose_mismatch_and_puts_unknown_doses_last(small_tree):
+    df = build_catalog(small_tree)
+    auto = choose_reference(df)
+    flagged = df.assign(dose_mismatch=df["series_uid"] == auto)
+    second = choose_reference(flagged)
+    row = df.set_index("series_uid").loc[second]
+    assert second != auto and (row["scanner"], row["dose_mgy"], row["recon"], row["repetition"]) == (
+        "A1", 10.0, "IR", 2)
+    with pytest.warns(CatalogWarning, match="disagree on dose"):
+        assert choose_reference(flagged, auto) == auto  # asked for by UID: used, with a warning
+    with pytest.raises(ValueError, match="disagrees with its CTDIvol on dose"):
+        choose_reference(df.assign(dose_mismatch=True))
+    unknown = df.assign(dose_mgy=np.where(df["scanner"] == "A1", np.nan, df["dose_mgy"]))
+    assert unknown.set_index("series_uid").loc[choose_reference(unknown), "scanner"] == "B1"
+    only_unknown = df.assign(dose_mgy=np.nan)
+    with pytest.warns(CatalogWarning, match="reference is A1 unknown dose IR"):
+        assert choose_reference(only_unknown) == auto  # nothing else exists: the best of the rest
+
+
+def test_read_catalog_keeps_empty_dose_and_flags(tmp_path, small_tree):
+    df = build_catalog(small_tree)
+    df.loc[0, "dose_mgy"] = np.nan
+    df.loc[1, "dose_mismatch"] = True
+    write_csv(df, tmp_path / "catalog.csv")
+    back = read_catalog(tmp_path / "catalog.csv")
+    assert np.isnan(back.loc[0, "dose_mgy"]) and back["dose_mgy"].iloc[1:].notna().all()
+    assert back["dose_mismatch"].tolist() == [False, True, False, False]
+    assert (back["roi_format"] == "SEG").all()
+    old = df.drop(columns=["dose_mismatch", "roi_format"])  # a catalog written before these columns
+    write_csv(old, tmp_path / "old.csv")
+    back = read_catalog(tmp_path / "old.csv")
+    assert not back["dose_mismatch"].any() and (back["roi_format"] == "SEG").all()
+
+
 def test_choose_reference(small_tree):
     df = build_catalog(small_tree)
     auto = choose_reference(df)
@@ -184,10 +237,10 @@ def test_prepare_writes_catalog_masks_transforms(prepared):
     layout = ResultsLayout(results)
     catalog = pd.read_csv(layout.catalog, dtype={"series_uid": str})
     assert list(catalog.columns[:len(CATALOG_COLUMNS)]) == list(CATALOG_COLUMNS) and len(catalog) == 4
-    sidecar = json.loads(layout.catalog.with_suffix(".json").read_text())
+    recorded = json.loads(layout.reference.read_text())  # prepare.py records the reference in reference.json
     reference = catalog[(catalog["scanner"] == "A1") & (catalog["dose_mgy"] == 10)
                         & (catalog["recon"] == "IR") & (catalog["repetition"] == 1)]["series_uid"].item()
-    assert sidecar["reference"]["series_uid"] == reference
+    assert recorded["series_uid"] == reference
     registration = pd.read_csv(layout.registration, dtype={"series_uid": str})
     assert set(registration["series_uid"]) == set(catalog["series_uid"])
     assert registration.set_index("series_uid").loc[reference, "reason"] == "reference series"
@@ -234,7 +287,7 @@ def test_patch_centers_script(prepared):
     layout = ResultsLayout(results)
     centers = pd.read_csv(layout.patch_centers)
     assert list(centers.columns) == list(PATCH_CENTER_COLUMNS) and len(centers) == 4 * len(ROI_NAMES)
-    reference = json.loads(layout.catalog.with_suffix(".json").read_text())["reference"]["series_uid"]
+    reference = json.loads(layout.reference.read_text())["series_uid"]
     labels = read_label_map(layout.mask(reference))
     idx = np.rint(labels.physical_to_index(centers[["x_mm", "y_mm", "z_mm"]].to_numpy())).astype(int)
     found = labels.array[idx[:, 2], idx[:, 1], idx[:, 0]]
@@ -267,10 +320,10 @@ def test_a_bad_series_fails_alone(tmp_path, make_ct_series):
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert f"error: series {bad.meta.series_uid}: series " in run.stderr and "missing slice" in run.stderr
     last_line = run.stderr.strip().splitlines()[-1]
-    assert last_line == "error: 1 series failed (listed above); fix or remove them and re-run"
+    assert last_line == "error: 1 of 2 series failed (listed above); fix or remove them and re-run"
     layout = ResultsLayout(results)
     registration = pd.read_csv(layout.registration, dtype={"series_uid": str}, keep_default_na=False)
-    assert registration.set_index("series_uid").loc[bad.meta.series_uid, "error"] != ""
+    assert bad.meta.series_uid not in set(registration["series_uid"])  # only finished series are listed
     assert not layout.transform(bad.meta.series_uid).exists()
     assert not layout.mask(bad.meta.series_uid).exists()
 
@@ -293,5 +346,5 @@ def test_unknown_dose_value(tmp_path, make_ct_series):
     with pytest.warns(CatalogWarning, match="CTDIvol 40 mGy is near no dose level; dose 6 mGy taken from"):
         assert build_catalog(tmp_path / "named").loc[0, "dose_mgy"] == 6.0
     make_ct_series(tmp_path / "plain", ctdivol=40.0, series_description="abdomen")
-    with pytest.raises(ValueError, match="abdomen .*CTDIvol 40 mGy is near no dose level and no dose"):
-        build_catalog(tmp_path / "plain")
+    with pytest.warns(CatalogWarning, match="abdomen .*CTDIvol 40 mGy is near no dose level and no dose"):
+        assert np.isnan(build_catalog(tmp_path / "plain").loc[0, "dose_mgy"])

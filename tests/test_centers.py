@@ -1,4 +1,4 @@
-"""Patch centres: inside their ROI, away from its edge, deterministic, small-ROI fallback, bad input."""
+"""Patch centers: inside their ROI, away from its edge, deterministic, small-ROI fallback, bad input."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from conftest import ROI_SPHERES, SPACING_XYZ, default_origin, phantom_label_map
 from ctdose.centers import draw_patch_centers, read_patch_centers
 from ctdose.layout import PATCH_CENTER_COLUMNS
 from ctdose.naming import ROI_CLASSES, ROI_NAMES
+from ctdose.provenance import write_sidecar
 from ctdose.volume import Volume
 
 SHAPE = (30, 70, 70)
@@ -19,7 +20,7 @@ def label_map() -> Volume:
     return Volume(phantom_label_map(SHAPE), default_origin(SHAPE), SPACING_XYZ)
 
 
-def test_centres_inside_their_roi_and_away_from_its_edge(label_map):
+def test_centers_inside_their_roi_and_away_from_its_edge(label_map):
     centers = draw_patch_centers(label_map, n_per_roi=10, seed=0, min_edge_distance_mm=1.5)
     assert list(centers.columns) == list(PATCH_CENTER_COLUMNS)
     assert centers["roi"].tolist() == [roi for roi in ROI_NAMES for _ in range(10)]
@@ -29,7 +30,7 @@ def test_centres_inside_their_roi_and_away_from_its_edge(label_map):
     idx = np.rint(label_map.physical_to_index(points)).astype(int)
     labels = label_map.array[idx[:, 2], idx[:, 1], idx[:, 0]]
     np.testing.assert_array_equal(labels, centers["roi"].map(lambda r: ROI_NAMES.index(r) + 1))
-    # independent check on the spheres: >= 1.5 mm from the surface means <= radius - 1.5 mm from the centre
+    # independent check on the spheres: >= 1.5 mm from the surface means <= radius - 1.5 mm from the center
     # (+ half a voxel: the label map is the sphere voxelised)
     for roi, group in centers.groupby("roi"):
         (cx, cy, cz), radius, _ = ROI_SPHERES[roi]
@@ -67,8 +68,10 @@ def test_missing_roi_is_an_error(label_map):
 
 def test_read_patch_centers(tmp_path, label_map):
     draw_patch_centers(label_map, n_per_roi=2).to_csv(tmp_path / "c.csv", index=False)
+    write_sidecar(tmp_path / "c.csv", {"per_roi": 2})
     assert len(read_patch_centers(tmp_path / "c.csv")) == 12
     (tmp_path / "bad.csv").write_text("roi,x\ncyst1,1\n")
+    write_sidecar(tmp_path / "bad.csv", {})
     with pytest.raises(ValueError, match="lack columns"):
         read_patch_centers(tmp_path / "bad.csv")
     with pytest.raises(FileNotFoundError, match="patch_centers.py"):

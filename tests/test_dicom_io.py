@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
 
-from ctdose.dicom_io import CTSeriesMeta, read_ct_series, write_ct_series
+from ctdose.dicom_io import (CTSeriesMeta, ct_frames, is_ct_image, is_enhanced_ct, is_localizer, is_rtstruct,
+                             is_seg, read_ct_series, write_ct_series)
 from ctdose.volume import Volume
 
 
@@ -119,3 +121,42 @@ def test_truncated_pixel_data_names_the_file(tmp_path):
     files[2].write_bytes(files[2].read_bytes()[:-50])
     with pytest.raises(ValueError, match=rf"Cut: cannot read the pixels of .*{files[2].name}"):
         read_ct_series(tmp_path)
+
+
+# --- reading real-world objects (../shared/realdata) ---------------------------------------------
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason=f"{REALDATA} is absent")
+
+
+@needs_realdata
+def test_object_predicates_on_real_files():
+    rtstruct = pydicom.dcmread(REALDATA / "ibsi1_ct_phantom/dicom/mask/DCM_RS_00060.dcm",
+                               stop_before_pixels=True)
+    seg = pydicom.dcmread(REALDATA / "dcmqi/liver.dcm", stop_before_pixels=True)
+    multi = pydicom.dcmread(REALDATA / "dcmqi/23x38x3/multiframe/mf.dcm", stop_before_pixels=True)
+    single = pydicom.dcmread(REALDATA / "dcmqi/ct-3slice/01.dcm", stop_before_pixels=True)
+    assert is_rtstruct(rtstruct) and not is_rtstruct(seg) and not is_rtstruct(single)
+    assert is_seg(seg) and not is_ct_image(seg) and not is_ct_image(rtstruct)
+    assert is_ct_image(multi) and is_enhanced_ct(multi) and "ImagePositionPatient" not in multi
+    assert is_ct_image(single) and not is_enhanced_ct(single)
+    assert not is_localizer(single)
+    single.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    assert is_localizer(single)
+
+
+@needs_realdata
+def test_frames_take_their_geometry_and_rescale_from_the_functional_groups():
+    source = pydicom.dcmread(REALDATA / "dcmqi/23x38x3/multiframe/mf.dcm")
+    frames = ct_frames(source)
+    assert len(frames) == 3 and [f.frame_index for f in frames] == [0, 1, 2]
+    per_frame = source.PerFrameFunctionalGroupsSequence
+    for k, frame in enumerate(frames):
+        position = per_frame[k].PlanePositionSequence[0].ImagePositionPatient
+        assert list(frame.ImagePositionPatient) == list(position)
+        assert list(frame.PixelSpacing) == [0.7, 0.7] and float(frame.SliceThickness) == 2.5
+        assert float(frame.RescaleSlope) == 1 and float(frame.RescaleIntercept) == 0
+        assert frame.SeriesInstanceUID == source.SeriesInstanceUID and "PixelData" not in frame
+        np.testing.assert_array_equal(frame.pixel_array, source.pixel_array[k])
+    single = pydicom.dcmread(REALDATA / "dcmqi/ct-3slice/01.dcm")
+    assert ct_frames(single) == [single]

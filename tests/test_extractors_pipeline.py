@@ -1,4 +1,4 @@
-"""End-to-end tests of the extractor scripts on small DICOM series (catalog, transforms, centres on disk)."""
+"""End-to-end tests of the extractor scripts on small DICOM series (catalog, transforms, centers on disk)."""
 
 from __future__ import annotations
 
@@ -18,27 +18,33 @@ from ctdose.extractors import driver
 from ctdose.features import read_feature_table
 from ctdose.layout import IDENTITY_COLUMNS, ResultsLayout
 from ctdose.naming import ROI_CLASSES, ROI_NAMES
-from ctdose.registration import save_transform
-from conftest import load_script
+from ctdose.provenance import write_sidecar
+from ctdose.transform_io import save_transform
+from conftest import run_script
 
 torch.set_num_threads(1)
-SMALL = ["--patch-size", "32", "32", "16", "--patches-per-roi", "1"]
+# the test series are small (24 slices of 2 mm): a 16- or 32-slice patch around a ROI reaches outside
+OUTSIDE = ["--max-outside-share", "0.6"]
+SMALL = ["--patch-size", "32", "32", "16", "--patches-per-roi", "1", *OUTSIDE]
 
 
 @pytest.fixture(scope="module")
 def results(small_tree, tmp_path_factory) -> Path:
-    """A results folder for ``small_tree``: catalog, identity transforms, two centres per ROI."""
+    """A results folder for ``small_tree``: catalog, identity transforms, two centers per ROI."""
     root = tmp_path_factory.mktemp("results")
     layout = ResultsLayout(root)
     catalog = build_catalog(small_tree)
     write_csv(catalog, layout.catalog)
+    write_sidecar(layout.catalog, {"data": str(small_tree)})
     for uid in catalog["series_uid"]:
         save_transform(sitk.Euler3DTransform(), layout.transform(uid))
+        write_sidecar(layout.transform(uid), {"series_uid": uid})
     from conftest import ROI_SPHERES
     rows = [{"roi": roi, "roi_class": ROI_CLASSES[roi], "patch": p,
              "x_mm": ROI_SPHERES[roi][0][0] + p, "y_mm": ROI_SPHERES[roi][0][1], "z_mm": ROI_SPHERES[roi][0][2]}
             for roi in ROI_NAMES for p in range(2)]
     write_csv(pd.DataFrame(rows), layout.patch_centers)
+    write_sidecar(layout.patch_centers, {"per_roi": 2})
     return root
 
 
@@ -51,13 +57,7 @@ def _fresh(results: Path, tmp_path: Path) -> Path:
 
 def _run(relpath: str, argv: list[str], default_weights: str | None = None) -> None:
     """Run a script's main; ``default_weights`` replaces a network script's WEIGHTS setting."""
-    module = load_script(relpath)
-    if hasattr(module, "main"):
-        module.main(argv)
-    else:  # the network scripts call deep.main with their settings block
-        from ctdose.extractors import deep
-        deep.main(argv, module.NAME, module.__doc__, module.RESULTS, default_weights or module.WEIGHTS,
-                  module.BATCH_SIZE)
+    run_script(relpath, argv, **({"WEIGHTS": default_weights} if default_weights else {}))
 
 
 def test_radiomics_patch_table_and_resume_after_crash(results, tmp_path):
@@ -84,12 +84,17 @@ def test_radiomics_patch_table_and_resume_after_crash(results, tmp_path):
     assert layout.feature_table("radiomics").read_text() == first
     assert victim.exists() and kept.stat().st_mtime_ns == stamp  # finished series were skipped
 
-    with pytest.raises(SystemExit, match=r"made with other settings \(patch_size differ\)"):
-        _run("radiomics/extract_radiomics.py", ["--results", str(res), "--workers", "1", "--patch-size",
-                                                 "16", "16", "16", "--patches-per-roi", "1"])
-    with pytest.raises(SystemExit, match=r"made with other settings \(centers_sha256 differ\)"):
-        _run("radiomics/extract_radiomics.py", ["--results", str(res), "--workers", "1", *SMALL[:4],
-                                                 "--patches-per-roi", "2"])
+    # other value-changing settings: every partial is recomputed (never mixed), then back again
+    _run("radiomics/extract_radiomics.py", ["--results", str(res), "--workers", "1", "--patch-size",
+                                             "16", "16", "16", "--patches-per-roi", "1", *OUTSIDE])
+    other = read_feature_table(layout.feature_table("radiomics"))
+    assert not np.allclose(other.X, table.X)
+    assert json.loads(kept.with_suffix(".json").read_text())["settings"]["patch_size"] == [16, 16, 16]
+    _run("radiomics/extract_radiomics.py", ["--results", str(res), "--workers", "1", *SMALL[:4], *OUTSIDE,
+                                             "--patches-per-roi", "2"])
+    assert len(read_feature_table(layout.feature_table("radiomics")).ident) == len(catalog) * 12
+    _run("radiomics/extract_radiomics.py", ["--results", str(res), "--workers", "1", *SMALL])
+    assert layout.feature_table("radiomics").read_text() == first
 
 
 def test_radiomics_roi_mode_rows_per_roi(results, tmp_path):
@@ -110,6 +115,7 @@ def test_deep_tables_untrained(results, tmp_path, script, name, width):
     res = _fresh(results, tmp_path)
     layout = ResultsLayout(res)
     size = ["--patch-size", "32", "32", "32"] if name == "swin" else SMALL[:4]
+    size = [*size, *OUTSIDE]
     n_series = 1 if name == "swin" else 2  # Swin is the slowest on CPU
     argv = ["--results", str(res), "--max-series", str(n_series), "--patches-per-roi", "1", "--device", "cpu",
             "--weights", str(tmp_path / "absent.pt"), *size]
@@ -151,7 +157,10 @@ def test_missing_series_files_and_nan_are_errors(results, tmp_path, monkeypatch)
     layout = ResultsLayout(res)
     catalog = read_catalog(layout.catalog)
     catalog.loc[0, "path"] = str(tmp_path / "gone")
-    write_csv(catalog, layout.catalog)
+    write_csv(catalog, layout.catalog)  # edited behind prepare's back: refused
+    with pytest.raises(SystemExit, match=r"catalog.csv changed since it was written; run data/prepare.py"):
+        _run("cnn/extract_cnn.py", ["--results", str(res), "--allow-untrained", "--max-series", "1", *SMALL])
+    write_sidecar(layout.catalog, {"data": "moved"})  # a current catalog whose DICOM folder has gone since
     with pytest.raises(SystemExit, match=f"series {catalog['series_uid'][0]}: CT folder .*gone.* is missing"):
         _run("cnn/extract_cnn.py", ["--results", str(res), "--allow-untrained", "--max-series", "1", *SMALL])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,43 @@ def test_simulated_3mgy_matches_twin_3mgy(tmp_path):
     assert np.allclose(a.origin, b.origin) and np.allclose(a.spacing, b.spacing)
     # mean HU kept (noise has zero mean)
     assert abs(float(b.array.mean() - a.array.mean())) < 1.0
+    _assert_derived_from(simulated, high, fraction=3 / 14, photons_per_ray=per_mgy["A1"] * 14.0, seed=11)
+    # same inputs, same bytes
+    again = write_low_dose_series(high, out_dir=tmp_path / "again", target_mgy=3.0, photons_per_mgy=per_mgy,
+                                  seed=11)
+    assert sorted(p.name for p in again.iterdir()) == sorted(p.name for p in simulated.iterdir())
+    assert all((again / p.name).read_bytes() == p.read_bytes() for p in simulated.iterdir())
+
+
+def _assert_derived_from(derived: Path, source: Path, *, fraction: float, photons_per_ray: float,
+                         seed: int) -> None:
+    """``derived`` is a DERIVED\\SECONDARY series whose description names the fraction, photons per ray
+    and seed, and each of whose slices references the source slice at the same position."""
+    by_uid = {str(d.SOPInstanceUID): d for d in (pydicom.dcmread(f, stop_before_pixels=True)
+                                                 for f in source.glob("CT*.dcm"))}
+    slices = [pydicom.dcmread(f, stop_before_pixels=True) for f in sorted(derived.glob("CT*.dcm"))]
+    assert len(slices) == len(by_uid)
+    referenced = set()
+    for ds in slices:
+        # PS3.3 C.7.6.1.1.2: pixels computed from other images (DERIVED) after the examination (SECONDARY)
+        assert list(ds.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
+        text = ds.DerivationDescription
+        written = float(re.search(r"dose fraction ([0-9.]+)", text).group(1))
+        assert written == pytest.approx(fraction, rel=1e-3)  # written with 4 significant digits
+        photons = float(re.search(r"([0-9.e+]+) photons per ray", text).group(1))
+        assert photons == pytest.approx(photons_per_ray, rel=1e-5)  # written with 6 significant digits
+        assert re.search(rf"seed {seed}\b", text)
+        code = ds.DerivationCodeSequence[0]
+        assert (code.CodeValue, code.CodingSchemeDesignator) == ("113042", "DCM")  # pixel by pixel addition
+        (item,) = ds.SourceImageSequence
+        assert item.ReferencedSOPClassUID == pydicom.uid.CTImageStorage
+        origin = by_uid[str(item.ReferencedSOPInstanceUID)]  # a slice of the source series...
+        assert origin.SOPClassUID == item.ReferencedSOPClassUID
+        # ... the one at the same place (positions are written as decimal strings of <= 16 characters)
+        np.testing.assert_allclose([float(v) for v in origin.ImagePositionPatient],
+                                   [float(v) for v in ds.ImagePositionPatient], atol=1e-6)
+        referenced.add(str(item.ReferencedSOPInstanceUID))
+    assert len(referenced) == len(slices)
 
 
 def test_bad_fraction_is_refused(tmp_path):

@@ -1,11 +1,18 @@
-"""End to end on the tiny twin: every script, run as a user runs it, from the simulation to the report.
+"""End to end on the tiny twin: every step of `make demo`, from the simulation to the report.
 
-This is the integration test of the whole toolkit: the same scripts as `make demo`, on the `tiny`
-preset, with the deep extractors limited to the FBP series (they cost ~0.5 s per patch on a CPU).
+This is the integration test of the whole toolkit: the same scripts as `make demo` on the `tiny`
+preset (made by ``data/make_twin.py`` once per session, conftest's ``tiny_twin``). The steps between
+run in this process through their ``main`` as their ``__main__`` does (``conftest.run_script``): one
+import of torch, MONAI and numba for all of them instead of one per step; the report runs as a
+separate process, as a user runs it. The deep extractors take the FBP series and 32x32x32 patches
+(SwinUNETR and CT-FM cost ~0.3 s per patch on a CPU core), radiomics 32x32x16 patches on every
+series, the CNN the default 64x64x32 patches on every series.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -17,17 +24,28 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import REPO, run_script
 from ctdose.extractors.cnn import ShallowCNN
-from ctdose.layout import IDENTITY_COLUMNS, ResultsLayout
+from ctdose.layout import IDENTITY_COLUMNS, ResultsLayout, feature_columns
 from ctdose.naming import ROI_NAMES
-from ctdose.registration import load_transform
+from ctdose.transform_io import load_transform
 from ctdose.twin.phantom import Pose
 
-REPO = Path(__file__).resolve().parents[1]
+EXTRACTORS = ("radiomics", "cnn", "swin", "ctfm")
+#: radiomics on every series, 32x32x16 patches (PyRadiomics costs ~0.25 s per 64x64x32 patch)
+RADIOMICS_ARGS = ("--workers", "1", "--patches-per-roi", "1", "--patch-size", "32", "32", "16")
 
 
 def _run(script: str, *args: str | Path) -> str:
-    """Run a top-level script with the test's interpreter; fail with its output if it exits non-zero."""
+    """Run a step's ``main`` in this process (as its ``__main__`` does); returns what it printed."""
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        run_script(script, [str(a) for a in args])
+    return stdout.getvalue()
+
+
+def _run_process(script: str, *args: str | Path) -> str:
+    """Run a script as a user does, in its own process; fail with its output if it exits non-zero."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -36,31 +54,30 @@ def _run(script: str, *args: str | Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
+def pipeline(tiny_twin, tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     """Run the whole pipeline once; returns (twin folder, results folder, stdout of each step)."""
+    twin, _ = tiny_twin
     root = tmp_path_factory.mktemp("pipeline")
-    twin, results = root / "twin", root / "results"
+    results = root / "results"
     out = {}
-    out["twin"] = _run("data/make_twin.py", "--preset", "tiny", "--out", twin, "--workers", "1")
     out["prepare"] = _run("data/prepare.py", "--data", twin, "--results", results, "--workers", "1")
     out["centers"] = _run("data/patch_centers.py", "--results", results, "--per-roi", "2")
     few = ("--patches-per-roi", "1")
-    out["radiomics"] = _run("radiomics/extract_radiomics.py", "--results", results, "--workers", "1", *few)
+    out["radiomics"] = _run("radiomics/extract_radiomics.py", "--results", results, *RADIOMICS_ARGS)
     cnn_weights = root / "shallow_cnn.pt"  # stands in for pretrain_cnn.py's output (minutes to make)
     torch.manual_seed(0)
     torch.save(ShallowCNN().state_dict(), cnn_weights)
     out["cnn"] = _run("cnn/extract_cnn.py", "--results", results, "--weights", cnn_weights, *few)
     # the deep models' default weights are absent on a fresh clone: --allow-untrained runs them untrained
-    untrained = ("--weights", "none", "--allow-untrained")
-    out["swin"] = _run("swin/extract_swin.py", "--results", results, "--recons", "FBP", *few, *untrained)
-    out["ctfm"] = _run("ct-fm/extract_ctfm.py", "--results", results, "--recons", "FBP", *few, *untrained)
+    deep = ("--recons", "FBP", "--patch-size", "32", "32", "32", *few, "--weights", "none", "--allow-untrained")
+    out["swin"] = _run("swin/extract_swin.py", "--results", results, *deep)
+    out["ctfm"] = _run("ct-fm/extract_ctfm.py", "--results", results, *deep)
     out["icc"] = _run("analyze/icc.py", "--results", results)
-    out["umap"] = _run("analyze/umap_plots.py", "--results", results, "--epochs", "50",
-                       "--n-neighbors", "5")
+    out["umap"] = _run("analyze/umap_plots.py", "--results", results, "--epochs", "50", "--n-neighbors", "5")
     out["classify"] = _run("analyze/classify.py", "--results", results, "--classifier", "logreg",
                            "--draws", "1", "--test-folds", "1", "--n-folds", "4")
     out["image_metrics"] = _run("analyze/image_metrics.py", "--results", results, "--workers", "1")
-    out["report"] = _run("analyze/report.py", "--results", results)
+    out["report"] = _run_process("analyze/report.py", "--results", results)
     return twin, results, out
 
 
@@ -73,14 +90,30 @@ def test_every_feature_table_has_one_row_per_series_roi_patch(pipeline):
     expected_series = {"radiomics": len(catalog), "cnn": len(catalog), "swin": n_fbp, "ctfm": n_fbp}
     for name, n_series in expected_series.items():
         table = pd.read_csv(layout.feature_table(name))
-        assert list(table.columns[:len(IDENTITY_COLUMNS)]) == list(IDENTITY_COLUMNS)
-        features = table.columns[len(IDENTITY_COLUMNS):]
+        assert list(table.columns[:len(IDENTITY_COLUMNS) + 1]) == [*IDENTITY_COLUMNS, "outside_fraction"]
+        assert (table["outside_fraction"] == 0).all()  # the default refuses patches reaching outside
+        features = feature_columns(list(table.columns))
         assert len(features) > 0 and all(c.startswith(f"{name}_") for c in features)
         assert table["series_uid"].nunique() == n_series
         assert len(table) == n_series * len(ROI_NAMES)  # one patch per ROI
         assert not table.duplicated(["series_uid", "roi", "patch"]).any()
         sidecar = json.loads(layout.feature_table(name).with_suffix(".json").read_text())
         assert sidecar.get("untrained", False) is (name in ("swin", "ctfm"))
+
+
+def test_umap_embeds_every_row_of_every_table(pipeline):
+    """UMAP (numba-compiled, so run here only): one finite 2-D point per feature row, figures written."""
+    _, results, _ = pipeline
+    layout = ResultsLayout(results)
+    for name in EXTRACTORS:
+        table = pd.read_csv(layout.feature_table(name))
+        emb = pd.read_csv(layout.umap_table(name))
+        assert len(emb) == len(table)
+        assert emb[["series_uid", "roi", "patch"]].equals(table[["series_uid", "roi", "patch"]])
+        assert np.isfinite(emb[["umap_1", "umap_2"]].to_numpy()).all()
+        assert emb[["umap_1", "umap_2"]].to_numpy().std(axis=0).min() > 0  # not collapsed to a point
+        figure = layout.umap_figure(name)
+        assert figure.with_suffix(".png").stat().st_size > 0 and figure.with_suffix(".pdf").is_file()
 
 
 def test_report_has_every_section_and_flags_untrained_weights(pipeline):
@@ -102,9 +135,9 @@ def test_registration_recovers_the_twins_repositioning(pipeline):
     truth = json.loads((twin / "ground_truth.json").read_text())
     poses = {s["series_uid"]: Pose(s["pose"]["rotation_z_deg"], tuple(s["pose"]["translation_mm"]))
              for s in truth["series"]}
-    reference = json.loads(layout.catalog.with_suffix(".json").read_text())["reference"]["series_uid"]
-    roi_centres = np.array(list(truth["roi_centers_phantom_mm"].values()), dtype=float)
-    in_reference = poses[reference].to_scanner(roi_centres)
+    reference = json.loads(layout.reference.read_text())["series_uid"]
+    roi_centers = np.array(list(truth["roi_centers_phantom_mm"].values()), dtype=float)
+    in_reference = poses[reference].to_scanner(roi_centers)
     for uid, pose in poses.items():
         expected = pose.to_scanner(poses[reference].to_phantom(in_reference))
         transform = load_transform(layout.transform(uid))
@@ -118,12 +151,10 @@ def test_second_run_skips_finished_series(pipeline):
     n_series = len(pd.read_csv(layout.catalog))
     table = layout.feature_table("radiomics")
     before, stamp = table.read_bytes(), table.stat().st_mtime_ns
-    again = _run("radiomics/extract_radiomics.py", "--results", results, "--workers", "1",
-                 "--patches-per-roi", "1")
+    again = _run("radiomics/extract_radiomics.py", "--results", results, *RADIOMICS_ARGS)
     assert f"{n_series} series selected, {n_series} already done" in again
-    assert "is up to date" in again and table.stat().st_mtime_ns == stamp and table.read_bytes() == before
+    assert "is current" in again and table.stat().st_mtime_ns == stamp and table.read_bytes() == before
     # another selection is not "up to date": the table is merged again from the partials (no re-extraction)
-    subset = _run("radiomics/extract_radiomics.py", "--results", results, "--workers", "1",
-                  "--patches-per-roi", "1", "--recons", "FBP")
-    assert "is up to date" not in subset
+    subset = _run("radiomics/extract_radiomics.py", "--results", results, *RADIOMICS_ARGS, "--recons", "FBP")
+    assert "is current" not in subset
     assert set(pd.read_csv(table)["recon"]) == {"FBP"}

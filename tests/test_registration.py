@@ -8,7 +8,8 @@ import SimpleITK as sitk
 
 from conftest import SHAPE_ZYX, SPACING_XYZ, phantom_volume
 from ctdose import registration
-from ctdose.registration import load_transform, register_rigid, save_transform
+from ctdose.registration import RegistrationSettings, register_rigid
+from ctdose.transform_io import load_transform, save_transform
 
 #: Points (x, y, z mm) where the recovered and true transforms are compared: inside the phantom.
 PROBES = np.array([[0, 0, 0], [30, 20, 10], [-40, 10, -20], [20, -30, 15], [-25, -25, 5]], float)
@@ -35,7 +36,7 @@ def test_recovers_known_shift_and_rotation_within_half_a_voxel():
     assert np.all(np.abs(errors) < half_voxel), errors
     # sanity check of the test itself: the identity would be off by more than that
     assert np.any(np.abs(np.array(true.TransformPoint((0.0, 0.0, 0.0)))) > half_voxel)
-    params = result.parameters()
+    params = result.parameters()  # the point errors above are the test; these name the parameters
     assert params["rot_z_deg"] == pytest.approx(1.5, abs=0.5)
     assert params["tx_mm"] == pytest.approx(3.0, abs=1.0)
 
@@ -45,7 +46,7 @@ def test_worse_quality_keeps_identity(monkeypatch):
     moving = phantom_volume(noise_sd=10, seed=1, transform=_known_transform().GetInverse())
     calls = iter([0.9, 0.5])  # before, after
     monkeypatch.setattr(registration, "correlation_quality", lambda *args: next(calls))
-    result = register_rigid(fixed, moving, iterations=(5, 5, 5))
+    result = register_rigid(fixed, moving, RegistrationSettings(iterations=(5, 5, 5)))
     assert result.kept_identity and "identity kept" in result.reason
     assert result.quality_after == result.quality_before == 0.9
     assert result.transform.TransformPoint((10.0, 20.0, 30.0)) == (10.0, 20.0, 30.0)
@@ -56,10 +57,10 @@ def test_quality_ignores_points_outside_the_moving_field_of_view():
     image = fixed.to_sitk()
     shift = sitk.Euler3DTransform()
     shift.SetTranslation((0.0, 0.0, 0.5 * SHAPE_ZYX[0] * SPACING_XYZ[2]))  # half the slices fall outside
-    quality = registration.correlation_quality(image, image, shift, registration.body_mask(image))
+    quality = registration.correlation_quality(image, image, shift, registration.body_mask_image(image))
     assert 0.0 < quality < 1.0
     assert registration.correlation_quality(image, image, sitk.Euler3DTransform(),
-                                            registration.body_mask(image)) == pytest.approx(1.0)
+                                            registration.body_mask_image(image)) == pytest.approx(1.0)  # r(x, x)
 
 
 def test_transform_file_round_trip(tmp_path):
@@ -67,6 +68,7 @@ def test_transform_file_round_trip(tmp_path):
     path = save_transform(true, tmp_path / "t" / "x.tfm")
     back = load_transform(path)
     for p in PROBES:
+        # .tfm files hold 17 significant digits: the round trip is exact but for float64 rounding
         np.testing.assert_allclose(back.TransformPoint(tuple(p)), true.TransformPoint(tuple(p)), atol=1e-9)
     assert [p.name for p in path.parent.iterdir()] == ["x.tfm"]
     with pytest.raises(FileNotFoundError, match="prepare.py"):

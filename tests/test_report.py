@@ -9,13 +9,16 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from ctdose.atomic import write_csv, write_json
+from ctdose.atomic import write_csv
+from ctdose.cli import run_main
 from ctdose.dicom_io import CTSeriesMeta, write_ct_series
-from ctdose.features import synthetic_feature_table
+from ctdose.features import read_feature_table, synthetic_feature_table
 from ctdose.layout import CATALOG_COLUMNS, ResultsLayout
-from ctdose.plots import umap_panels
-from ctdose.registration import save_transform
-from ctdose.report import analysis_files, markdown_table
+from ctdose.plots import figure_files, umap_panels
+from ctdose.provenance import write_sidecar
+from ctdose.stats.embedding import embedding_frame
+from ctdose.transform_io import save_transform
+from ctdose.report import markdown_table
 from ctdose.volume import Volume
 from conftest import load_script
 
@@ -41,6 +44,7 @@ def _tiny_dicom(tmp: Path, layout: ResultsLayout) -> pd.DataFrame:
             folder = tmp / "dicom" / uid
             write_ct_series(vol, folder, CTSeriesMeta(series_uid=uid, ctdivol=dose, station=scanner))
             save_transform(sitk.TranslationTransform(3, (shift, 0.0, 0.0)), layout.transform(uid))
+            write_sidecar(layout.transform(uid), {"series_uid": uid})
             row = {c: "" for c in CATALOG_COLUMNS}
             row.update(series_uid=uid, path=str(folder), scanner=scanner, manufacturer="M", model="m",
                        dose_mgy=dose, recon="FBP", repetition=1)
@@ -53,12 +57,13 @@ def results(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("results")
     layout = ResultsLayout(tmp / "results")
     write_csv(_tiny_dicom(tmp, layout), layout.catalog)
+    write_sidecar(layout.catalog, {})
     for n, name in enumerate(("radiomics", "cnn")):
         df = synthetic_feature_table(name, scanners=("A1", "B1", "C1"), doses=(1, 6, 14), patches_per_roi=2,
                                      n_features=8, seed=n)
         df[f"{name}_const"] = 1.0  # a degenerate feature: must be reported as excluded
         write_csv(df, layout.feature_table(name))
-        write_json({"settings": {}, "untrained": name == "cnn", "weights": {}}, layout.feature_table(name).with_suffix(".json"))
+        write_sidecar(layout.feature_table(name), {}, untrained=name == "cnn", weights={})
     return layout.root
 
 
@@ -67,17 +72,20 @@ def test_scripts_and_report(results, capsys):
     assert _script("classify").main(["--results", str(results), "--classifier", "logreg", "--draws", "1",
                                      "--test-folds", "1", "--n-folds", "4"]) == 0
     assert _script("image_metrics").main(["--results", str(results)]) == 0
-    files = analysis_files(results)
-    # the UMAP step itself needs numba compilation (slow); the report only needs its figure files
-    table = pd.read_csv(ResultsLayout(results).feature_table("radiomics"))
-    umap_panels(np.random.default_rng(0).normal(size=(len(table), 2)), table, "radiomics",
-                files["umap_dir"] / "umap_radiomics")
+    files = ResultsLayout(results)
+    # the UMAP script (numba compilation, ~15 s) runs in test_pipeline_tiny; the report only needs its outputs
+    table = read_feature_table(files.feature_table("radiomics"))
+    emb = np.random.default_rng(0).normal(size=(len(table.X), 2))
+    umap_panels(emb, table.ident, "radiomics", files.umap_figure("radiomics"))
+    write_csv(embedding_frame(table, emb), files.umap_table("radiomics"))
+    write_sidecar(files.umap_table("radiomics"), {"epochs": 0}, inputs=[files.feature_table("radiomics")],
+                  outputs=figure_files(files.umap_figure("radiomics")))
 
-    per_feature = pd.read_csv(files["icc_per_feature"])
+    per_feature = pd.read_csv(files.icc_per_feature)
     assert (per_feature.loc[per_feature["feature"].str.endswith("_const"), "status"] != "ok").all()
-    matrix = pd.read_csv(files["cross_dose_matrix"])
+    matrix = pd.read_csv(files.cross_dose_matrix)
     assert set(matrix["extractor"]) == {"radiomics", "cnn"} and len(matrix) == 2 * 9
-    metrics = pd.read_csv(files["image_metrics_series"])
+    metrics = pd.read_csv(files.image_metrics_series)
     vs_dose = metrics[metrics["comparison"] == "vs_dose"]
     assert len(vs_dose) == 2 and (vs_dose["ssim"] < 1).all() and (vs_dose["ssim"] > 0.5).all()
     # registration undone: B1 vs A1 at 10 mGy differs by noise only (a 1 mm misalignment would add edges)
@@ -107,22 +115,11 @@ def test_rerun_skips_and_missing_inputs_are_named(results, tmp_path, capsys):
     assert _script("report").main(["--results", str(empty)]) == 0
     html = (empty / "report.html").read_text()
     assert "analyze/icc.py --results" in html and "data/prepare.py" in html
-    with pytest.raises(SystemExit, match="error: no feature tables"):
-        _script("icc").main(["--results", str(empty)])
+    capsys.readouterr()
+    assert run_main(_script("icc").main, ["--results", str(empty)]) == 1
+    assert capsys.readouterr().err.startswith("error: no feature tables")
 
 
 def test_markdown_table():
     text = markdown_table(pd.DataFrame({"a": [1.0, np.nan], "b": ["x|y", "z"]}))
     assert text.splitlines() == ["| a | b |", "|---|---|", "| 1.000 | x\\|y |", "|  | z |"]
-
-
-@pytest.mark.slow
-def test_umap_script(results):
-    # numba compiles UMAP on first use (tens of seconds), hence slow
-    assert _script("umap_plots").main(["--results", str(results), "--extractors", "cnn", "--epochs", "20",
-                                       "--n-neighbors", "15"]) == 0
-    d = analysis_files(results)["umap_dir"]
-    emb = pd.read_csv(d / "umap_cnn.csv")
-    assert len(emb) == len(pd.read_csv(ResultsLayout(results).feature_table("cnn")))
-    assert np.isfinite(emb[["umap_1", "umap_2"]].to_numpy()).all()
-    assert (d / "umap_cnn.png").stat().st_size > 0 and (d / "umap_cnn.pdf").exists()

@@ -1,14 +1,22 @@
-"""DICOM SEG: label map round trip (incl. the `metastatsis` label), frame order, refusals."""
+"""DICOM SEG: label map round trip (incl. the `metastatsis` label), frame order, refusals, ROI sets,
+pixel spacing, and SEGs written by other tools (dcmqi, highdicom; ../shared/realdata)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.pixels import pack_bits
 
+from conftest import phantom_volume
 from ctdose.naming import ROI_NAMES
+from ctdose.rois import load_rois
 from ctdose.seg import read_seg_label_map, read_seg_masks, write_seg
+
+REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
+needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason=f"no {REALDATA}")
 
 
 def test_round_trip_with_misspelt_label(tmp_path, make_ct_series):
@@ -83,6 +91,81 @@ def test_extra_non_roi_segment_is_ignored_with_a_warning(tmp_path, make_ct_serie
     labels = case.label_map.copy()
     labels[0, :5, :5] = 7  # a seventh segment, "liver", outside the six ROIs
     write_seg(case.files, labels, tmp_path / "seg.dcm", roi_names=[*ROI_NAMES, "liver"])
-    with pytest.warns(UserWarning, match="'liver' is not one of the six ROIs"):
+    with pytest.warns(UserWarning, match="segment 7 'liver' not a ROI of ctdose/data/rois_phantom.yaml"):
         label_map, _ = read_seg_label_map(tmp_path / "seg.dcm", tmp_path / "ct")
     np.testing.assert_array_equal(label_map, case.label_map)
+
+
+def test_seg_pixel_spacing_must_match_the_ct_axis_by_axis(tmp_path, make_ct_series):
+    # non-square CT pixels: 2.0 mm columns (x), 2.6 mm rows (y); the SEG written on it reads back exactly
+    case = make_ct_series(tmp_path / "ct", volume=phantom_volume(spacing_xyz=(2.0, 2.6, 2.5)))
+    label_map, _ = read_seg_label_map(case.seg_path, tmp_path / "ct")
+    np.testing.assert_array_equal(label_map, case.label_map)
+    seg = pydicom.dcmread(case.seg_path)
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert [float(v) for v in measures.PixelSpacing] == [2.6, 2.0]  # DICOM order: row, column
+    measures.PixelSpacing = [2.0, 2.6]  # transposed: same pixel size, other axes
+    seg.save_as(tmp_path / "transposed.dcm")
+    with pytest.raises(ValueError, match=r"transposed.dcm and CT series .* in .*ct do not match: pixel "
+                                         r"spacing \(row, column\) is \[2.0, 2.6\] mm in the SEG, "
+                                         r"\[2.6, 2.0\] mm in the CT"):
+        read_seg_label_map(tmp_path / "transposed.dcm", tmp_path / "ct")
+
+
+def test_roi_set_relabels_and_orders_the_label_map(tmp_path, make_ct_series):
+    # a user's own ROI set: two of the phantom's segments under other names, in another order
+    case = make_ct_series(tmp_path / "ct")
+    yaml_path = tmp_path / "rois.yaml"
+    yaml_path.write_text("rois:\n  - {name: lesion, class: tumour, aliases: [Metastatsis, METASTASIS]}\n"
+                         "  - {name: background_liver, class: liver, aliases: [normal 1]}\n")
+    rois = load_rois(yaml_path)
+    with pytest.warns(UserWarning, match=r"segment 1 'cyst1', 2 'cyst2', 3 'hemangioma', 6 'normal2' not "
+                                         r"a ROI of .*rois.yaml"):
+        masks = read_seg_masks(case.seg_path, tmp_path / "ct", rois=rois)
+    assert list(masks) == ["lesion", "background_liver"]
+    np.testing.assert_array_equal(masks["lesion"], case.label_map == ROI_NAMES.index("metastasis") + 1)
+    np.testing.assert_array_equal(masks["background_liver"], case.label_map == ROI_NAMES.index("normal1") + 1)
+
+
+@needs_realdata
+def test_dcmqi_liver_seg_needs_a_roi_yaml_then_reads_onto_the_ct_grid(tmp_path):
+    seg_path, ct_dir = REALDATA / "dcmqi" / "liver.dcm", REALDATA / "dcmqi" / "ct-3slice"
+    with pytest.raises(ValueError, match=r"liver.dcm: none of its segment labels \('Liver'\) is a ROI of "
+                                         r"ctdose/data/rois_phantom.yaml; describe them in a ROI YAML"):
+        read_seg_label_map(seg_path, ct_dir)
+    (tmp_path / "liver.yaml").write_text("rois:\n  - name: liver\n    class: organ\n")
+    label_map, names = read_seg_label_map(seg_path, ct_dir, rois=load_rois(tmp_path / "liver.yaml"))
+    assert names == ("liver",) and label_map.shape == (3, 512, 512) and label_map.dtype == np.uint8
+    # independent reference: pydicom's own decoding of the 3 frames, each placed on the CT slice at its z
+    seg = pydicom.dcmread(seg_path)
+    frames = seg.pixel_array.reshape(-1, 512, 512)
+    ct_z = sorted(float(pydicom.dcmread(f).ImagePositionPatient[2]) for f in sorted(ct_dir.iterdir()))
+    expected = np.zeros_like(label_map)
+    for frame, group in zip(frames, seg.PerFrameFunctionalGroupsSequence):
+        z = float(group.PlanePositionSequence[0].ImagePositionPatient[2])
+        expected[int(np.argmin(np.abs(np.array(ct_z) - z)))] |= frame.astype(np.uint8)
+    np.testing.assert_array_equal(label_map, expected)
+    assert int(label_map.sum()) == 107098 and np.all(label_map.sum(axis=(1, 2)) > 0)  # liver on all 3 slices
+
+
+@needs_realdata
+@pytest.mark.parametrize("variant", ["binary", "binary_fractional"])
+def test_highdicom_segs_of_another_ct_are_refused_by_spacing(variant):
+    seg_path = REALDATA / "highdicom" / f"seg_image_ct_{variant}.dcm"
+    with pytest.raises(ValueError, match=rf"seg_image_ct_{variant}.dcm and CT series .*ct_image.dcm do not "
+                                         r"match: pixel spacing \(row, column\) is \[0.488281, 0.488281\] mm "
+                                         r"in the SEG, \[0.661468, 0.661468\] mm in the CT"):
+        read_seg_label_map(seg_path, REALDATA / "highdicom" / "ct_image.dcm")
+
+
+@needs_realdata
+def test_highdicom_single_frame_seg_reads_with_its_label(tmp_path):
+    seg_path = REALDATA / "highdicom" / "seg_image_ct_binary_single_frame.dcm"
+    ct = REALDATA / "highdicom" / "ct_image.dcm"
+    with pytest.raises(ValueError, match=r"none of its segment labels \('first segment'\)"):
+        read_seg_label_map(seg_path, ct)
+    (tmp_path / "rois.yaml").write_text("rois:\n  - {name: region, class: x, aliases: [First Segment]}\n")
+    label_map, names = read_seg_label_map(seg_path, ct, rois=load_rois(tmp_path / "rois.yaml"))
+    assert names == ("region",) and label_map.shape == (1, 128, 128)
+    np.testing.assert_array_equal(label_map[0], pydicom.dcmread(seg_path).pixel_array.astype(np.uint8))
+    assert int(label_map.sum()) == 1832

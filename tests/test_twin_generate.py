@@ -27,10 +27,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
 @pytest.fixture(scope="module")
-def twin(tmp_path_factory) -> tuple[Path, dict]:
-    out = tmp_path_factory.mktemp("twin") / "tiny"
-    truth = generate_twin(out, get_preset("tiny"), seed=5, texture_seed=2, workers=1)
-    return out, truth
+def twin(tiny_twin) -> tuple[Path, dict]:
+    """The session's tiny twin (conftest; made by data/make_twin.py with seed 5, texture seed 2)."""
+    return tiny_twin
 
 
 def _series_dirs(out: Path) -> list[Path]:
@@ -54,6 +53,7 @@ def test_series_names_match_tags(twin):
             profile.manufacturer, profile.model, profile.kernel_for(name.recon))
         assert float(ds.CTDIvol) == name.dose_mgy
         assert float(ds.SliceThickness) == profile.slice_mm
+        # DS values are decimal strings of <= 16 characters; Exposure (IS) is a whole number of mAs
         assert np.allclose([float(v) for v in ds.PixelSpacing], preset.pixel_mm, atol=1e-5)
         assert float(ds.Exposure) == pytest.approx(profile.mas_at_10mgy * name.dose_mgy / 10, abs=0.5)
         described = parse_series_name(ds.SeriesDescription)
@@ -72,7 +72,7 @@ def test_simpleitk_reads_exact_geometry(twin):
         reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), uid))
         image = reader.Execute()
         assert image.GetSize() == (grid.n_pix, grid.n_pix, grid.n_slices)
-        assert np.allclose(image.GetOrigin(), grid.origin, atol=1e-4)
+        assert np.allclose(image.GetOrigin(), grid.origin, atol=1e-4)  # mm, through DS strings
         assert np.allclose(image.GetSpacing(), grid.spacing, atol=1e-5)
         assert np.allclose(image.GetDirection(), np.eye(3).ravel())
         ours = read_ct_series(folder)
@@ -150,7 +150,7 @@ def test_same_seed_gives_identical_files_and_resume_rewrites_only_missing(twin, 
 
 
 def test_patches_around_every_roi_stay_inside_the_volume(twin):
-    """A 64x64x32 patch (0.6836 x 0.6836 x 2 mm) centred anywhere near an ROI's edge lies in the volume."""
+    """A 64x64x32 patch (0.6836 x 0.6836 x 2 mm) centered anywhere near an ROI's edge lies in the volume."""
     from ctdose.patches import sample_patches
 
     out, truth = twin
@@ -158,7 +158,7 @@ def test_patches_around_every_roi_stay_inside_the_volume(twin):
         volume = read_ct_series(out / s["name"])
         pose = ph.Pose(s["pose"]["rotation_z_deg"], tuple(s["pose"]["translation_mm"]))
         offsets = 0.95 * ph.ROI_RADIUS_MM * np.vstack([np.eye(3), -np.eye(3)])
-        centres = np.vstack([np.asarray(c) + offsets for c in ph.ROI_CENTERS_MM.values()])
-        batch = sample_patches(volume, pose.to_scanner(centres), None)
-        assert batch.patches.shape == (len(centres), 32, 64, 64)
+        centers = np.vstack([np.asarray(c) + offsets for c in ph.ROI_CENTERS_MM.values()])
+        batch = sample_patches(volume, pose.to_scanner(centers), None)
+        assert batch.patches.shape == (len(centers), 32, 64, 64)
         assert not batch.n_outside.any()

@@ -31,14 +31,18 @@ def test_fbp_matches_skimage_iradon():
     sino = radon(np.where(inside, image, 0.0), theta, circle=True)  # (n_det, n_angles)
     ours = fbp(sino.T[None], geom)[0]
     ref = iradon(sino, theta, filter_name="ramp", circle=True)
+    # our FBP runs in float32 (~1e-6 of the image's scale, whatever FFT kernel the CPU has)
     assert np.abs(ours - ref)[inside].max() < 1e-4 * np.abs(ref).max()
     # and our projector agrees with radon on the overall line integrals (different interpolation)
     ours_sino = project(np.where(inside, image, 0.0)[None].astype(np.float32), geom)[0]
-    assert np.allclose(ours_sino.sum(axis=1), sino.sum(axis=0), rtol=1e-3)
+    assert np.allclose(ours_sino.sum(axis=1), sino.sum(axis=0), rtol=1e-3)  # interpolation, not rounding
 
 
 def test_binomial_thinning_has_poisson_moments():
-    """Binomial thinning of Poisson(lam) counts is Poisson(f lam): mean and variance both f lam."""
+    """Binomial thinning of Poisson(lam) counts is Poisson(f lam): mean and variance both f lam.
+
+    Seeded (numpy's generators give the same draws on any CPU); 1 % on the mean is 30 standard errors
+    of a 400 000-sample mean of Poisson(24), 2 % on the variance 9 (its relative sd is sqrt(2 / n))."""
     rng = np.random.default_rng(1)
     lam, f = 80.0, 0.3
     counts = rng.poisson(lam, size=400_000)

@@ -2,7 +2,7 @@
 
 Modules, one job each:
 
-* :mod:`.driver` - the loop shared by all four: catalog/centre selection, per-series partial tables
+* :mod:`.driver` - the loop shared by all four: catalog/center selection, per-series partial tables
   written atomically (a re-run skips them), merge into ``results/features/<name>.csv`` + JSON sidecar.
 * :mod:`.radiomics_features` - PyRadiomics on in-memory SimpleITK patches or ROI masks.
 * :mod:`.deep` - batched inference shared by the three networks (device, autocast, determinism).

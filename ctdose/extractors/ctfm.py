@@ -25,8 +25,6 @@ HU_RANGE: tuple[float, float] = (-1024.0, 2048.0)
 INIT_FILTERS = 32
 BLOCKS_DOWN = (1, 2, 2, 4, 4)
 N_FEATURES = INIT_FILTERS * 2 ** (len(BLOCKS_DOWN) - 1)  # 512
-#: Hub id of the published weights.
-HUB_ID = "project-lighter/ct_fm_feature_extractor"
 _PREFIXES = ("module.", "model.", "encoder.", "backbone.")
 
 

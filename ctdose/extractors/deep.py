@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,8 +26,7 @@ from tqdm.auto import tqdm
 
 from ctdose.extractors import driver
 from ctdose.extractors.weights import LoadReport, read_state_dict, resolve_weights
-from ctdose.patches import FILL_HU, OUTSIDE_TOL, patch_index_parts, sample_patches
-from ctdose.volume import Volume
+from ctdose.patches import sample_patches
 
 #: Module implementing each network (``build(seed)`` and ``load_weights(net, path)``).
 NETWORK_MODULES: dict[str, str] = {
@@ -114,42 +112,18 @@ def embed_patches(net: Network, patches: np.ndarray | torch.Tensor, batch_size: 
     return out
 
 
-def sample_patches_torch(volume: Volume, centers_mm: np.ndarray, transform, size_xyz: tuple[int, int, int],
-                         spacing_xyz: tuple[float, float, float], device: torch.device) -> torch.Tensor:
-    """:func:`ctdose.patches.sample_patches` done by ``grid_sample`` on ``device`` (for the GPU).
-
-    Same grid, transform and trilinear interpolation (indices computed in float64 on the CPU for the
-    centres and the shared offset grid, summed on the device in float32); points outside the field of
-    view get ``FILL_HU``. Returns (n, Z, Y, X) float32 HU on ``device``; a centre outside the volume
-    raises the same ValueError as the CPU sampler.
-    """
-    centre_idx, offset_idx = patch_index_parts(volume, centers_mm, transform, size_xyz, spacing_xyz)
-    upper = torch.tensor(np.array(volume.shape_xyz, dtype=float) - 1, device=device, dtype=torch.float32)
-    idx = (torch.as_tensor(centre_idx, dtype=torch.float32, device=device)[:, None, None, None, :]
-           + torch.as_tensor(offset_idx, dtype=torch.float32, device=device)[None])  # (n, Z, Y, X, 3) i j k
-    outside = ((idx < -OUTSIDE_TOL) | (idx > upper + OUTSIDE_TOL)).any(dim=-1)
-    grid = 2.0 * idx / upper.clamp(min=1.0) - 1.0  # align_corners=True: -1 / +1 = first / last voxel
-    n, nz, ny, nx, _ = grid.shape
-    image = torch.as_tensor(volume.array, device=device)[None, None]
-    values = torch.nn.functional.grid_sample(image, grid.reshape(1, n * nz, ny, nx, 3), mode="bilinear",
-                                             padding_mode="border", align_corners=True)
-    patches = values.reshape(n, nz, ny, nx)
-    patches[outside] = FILL_HU
-    return patches
-
-
 def series_frame(job: driver.SeriesJob, net: Network, patch: driver.PatchSettings, batch_size: int,
                  device: torch.device) -> pd.DataFrame:
-    """One series' rows: sample all its patches at once (on the GPU when there is one), embed in batches."""
+    """One series' rows: one sampler call cuts all its patches (float32, on the GPU when there is one,
+    else by the CPU kernel), then they are embedded in batches."""
     volume, transform = driver.load_series(job)
     centers = job.centers
     xyz = centers[["x_mm", "y_mm", "z_mm"]].to_numpy(float)
-    if device.type == "cuda":
-        patches = sample_patches_torch(volume, xyz, transform, patch.size_xyz, patch.spacing_xyz, device)
-    else:
-        patches = sample_patches(volume, xyz, transform, patch.size_xyz, patch.spacing_xyz).patches
-    values = embed_patches(net, patches, batch_size, device)
-    return driver.feature_frame(job.identity, centers, values, net.feature_names())
+    batch = sample_patches(volume, xyz, transform, patch.size_xyz, patch.spacing_xyz,
+                           device=device if device.type == "cuda" else None)
+    values = embed_patches(net, batch.patches, batch_size, device)
+    return driver.feature_frame(job.identity, centers, values, net.feature_names(),
+                                batch.n_outside / float(np.prod(patch.size_xyz)))
 
 
 def build_network(name: str, weights: str | None, allow_untrained: bool, seed: int,
@@ -179,54 +153,47 @@ def build_network(name: str, weights: str | None, allow_untrained: bool, seed: i
     return net, {"untrained": False, **report.as_dict()}
 
 
-def add_deep_args(parser: argparse.ArgumentParser, weights: str | None, batch_size: int) -> None:
-    """Flags of the three network scripts."""
+def add_deep_args(parser: argparse.ArgumentParser, weights: str | None, batch_size: int, device: str = "auto",
+                  seed: int = 0, allow_untrained: bool = False) -> None:
+    """Flags of the three network scripts, with the defaults of their settings block."""
     parser.add_argument("--weights", default=weights,
                         help="checkpoint file, snapshot folder or hub id; 'none' = no weights (with "
                              "--allow-untrained) (default: %(default)s)")
-    parser.add_argument("--allow-untrained", action="store_true",
-                        help="run with seeded random weights when --weights is not given (sidecar says untrained)")
+    parser.add_argument("--allow-untrained", action="store_true", default=allow_untrained,
+                        help="run with seeded random weights when --weights is 'none' or its default file is "
+                             "absent (the sidecar and the report say untrained)")
     parser.add_argument("--batch-size", type=int, default=batch_size, help="patches per batch (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for torch and the untrained init (default: %(default)s)")
+    parser.add_argument("--device", default=device, help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=seed,
+                        help="seed for torch and the untrained init (default: %(default)s)")
 
 
-def main(argv: list[str] | None, name: str, description: str, results: str, weights: str,
-         batch_size: int) -> None:
-    """Command line of a network script: parse flags, run, print the table path or one error line.
+def chosen_weights(weights: str | None, default: str | None, allow_untrained: bool) -> str | None:
+    """The weights to load (None: untrained) from the ``--weights`` flag and the script's default.
 
-    When ``--allow-untrained`` is given and ``--weights`` is ``none``, or left at its default path that
-    does not exist, the run goes on untrained (as asked) instead of failing on the missing default file.
+    ``none`` means no weights. With ``--allow-untrained``, a default path that does not exist also
+    means none (the run goes on untrained, as asked, instead of failing on the missing default file);
+    any other path is kept, so a mistyped explicit path still fails as "not found".
     """
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    driver.add_common_args(parser, results)
-    add_deep_args(parser, weights, batch_size)
-    args = parser.parse_args(argv)
-    if args.weights is not None and args.weights.lower() == "none":
-        args.weights = None
-    elif args.allow_untrained and args.weights == weights and not Path(weights).exists():
-        args.weights = None
-    try:
-        table = run(args, name)
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
-    print(f"table: {table}")
+    if weights is None or weights.lower() == "none":
+        return None
+    if allow_untrained and weights == default and not Path(weights).exists():
+        return None
+    return weights
 
 
 def run(args: argparse.Namespace, name: str) -> str:
     """Extract one network's features for the selected series; returns the table path."""
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    layout, jobs, patch = driver.prepare(args, name)
     device = pick_device(args.device)
     configure(device, args.seed)
     net, weights_info = build_network(name, args.weights, args.allow_untrained, args.seed,
-                                      tuple(reversed(patch.size_xyz)))
+                                      tuple(reversed(args.patch_size)))
     value_settings = {"weights_sha256": weights_info.get("weights_sha256"), "untrained": weights_info["untrained"],
                       "init_seed": args.seed if weights_info["untrained"] else None,
-                      "hu_range": list(net.hu_range), "patch_size": list(patch.size_xyz),
-                      "patch_spacing": list(patch.spacing_xyz)}
-    driver.check_partial_settings(layout, name, value_settings, jobs)
+                      "hu_range": list(net.hu_range)}
+    layout, jobs, patch = driver.prepare(args, name, value_settings)
     n_patches = len(jobs[0].centers)
     with tqdm(total=len(jobs) * n_patches, desc=name, unit="patch") as bar:
         for n, job in enumerate(jobs, start=1):

@@ -1,27 +1,27 @@
-"""The loop shared by all extractors: select series and centres, one partial table per series, merge.
+"""The loop shared by all extractors: select series and centers, one partial table per series, merge.
 
 Flow of every extractor script:
 
 1. :func:`read_inputs` reads ``results/catalog.csv`` and ``results/patch_centers.csv``;
    :func:`select_series` / :func:`select_centers` apply the command-line filters
-   (scanners, doses, recons, at most N series; the first K centres of each ROI).
+   (scanners, doses, recons, at most N series; the first K centers of each ROI).
 2. :func:`make_jobs` turns each selected catalog row into a picklable :class:`SeriesJob`.
 3. :func:`run_job` computes one series' rows unless its partial CSV
-   (``results/features/partial/<name>/<series_uid>.csv``) exists, checks every value is finite and
-   writes the partial atomically, so a killed run loses at most the series in progress.
+   (``results/features/partial/<name>/<series_uid>.csv``) is current: made with the same
+   value-changing settings (weights checksum, patch geometry, params), the same centers and series
+   identity, from the same transform (:func:`ctdose.provenance.is_current`). It checks every value
+   is finite and no patch reaches out of the field of view more than allowed, and writes the
+   partial and its sidecar atomically, so a killed run loses at most the series in progress and a
+   partial made with other settings is recomputed, never mixed in.
 4. :func:`finish` merges the partials of the selected series (catalog order, then ROI in
-   :data:`ctdose.naming.ROI_NAMES` order, then patch) into ``results/features/<name>.csv`` and writes
-   the JSON sidecar (settings, versions, weights provenance, feature count).
-
-:func:`check_partial_settings` guards step 3: partials made with other value-changing settings
-(weights, patch size, params) are never mixed into one table.
+   the centers file's ROI order, then patch), each checked against its sidecar, into
+   ``results/features/<name>.csv`` and writes the table's sidecar (settings, versions, weights
+   provenance, feature count, the checksum of every partial it merged).
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -30,11 +30,10 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from ctdose.atomic import json_default, write_csv, write_json
-from ctdose.layout import IDENTITY_COLUMNS, PATCH_CENTER_COLUMNS, ResultsLayout
-from ctdose.naming import ROI_CLASSES, ROI_NAMES
+from ctdose.atomic import write_csv
+from ctdose.layout import IDENTITY_COLUMNS, QC_COLUMNS, TEXT_DTYPES, ResultsLayout, feature_columns
 from ctdose.patches import PATCH_SIZE_XYZ, PATCH_SPACING_XYZ
-from ctdose.provenance import write_sidecar
+from ctdose.provenance import is_current, verify, write_sidecar
 from ctdose.volume import Volume
 
 #: Identity fields copied from the catalog row of a series.
@@ -42,6 +41,10 @@ SERIES_FIELDS: tuple[str, ...] = ("series_uid", "scanner", "manufacturer", "mode
                                   "repetition")
 #: ``patch`` value of rows that describe a whole ROI (radiomics ``roi`` mode) rather than one patch.
 WHOLE_ROI_PATCH = -1
+#: Quality column after the identity columns: share (0..1) of a patch's voxels outside the field of view.
+OUTSIDE_COLUMN = QC_COLUMNS[0]
+#: Default largest allowed ``outside_fraction`` of any patch (0: refuse any patch reaching outside).
+MAX_OUTSIDE_SHARE = 0.0
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class SeriesJob:
     transform_path: str
     partial_path: str
     centers: pd.DataFrame = field(repr=False)  # selected rows of patch_centers.csv
+    value_settings: dict[str, Any] = field(default_factory=dict)  # what changes feature values
+    max_outside_share: float = MAX_OUTSIDE_SHARE
 
     @property
     def series_uid(self) -> str:
@@ -72,18 +77,15 @@ class SeriesJob:
 
 
 def read_inputs(layout: ResultsLayout) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The catalog and the patch centres under ``layout`` (FileNotFoundError naming a missing file)."""
-    from ctdose.catalog import read_catalog
+    """The catalog and the patch centers under ``layout``, each checked against its sidecar.
 
-    for path, step in ((layout.catalog, "data/prepare (catalog)"), (layout.patch_centers, "data/ (patch centres)")):
-        if not path.exists():
-            raise FileNotFoundError(f"{path} not found; run the {step} step first")
-    catalog = read_catalog(layout.catalog)
-    centers = pd.read_csv(layout.patch_centers, dtype={"roi": str, "roi_class": str})
-    missing = [c for c in PATCH_CENTER_COLUMNS if c not in centers.columns]
-    if missing:
-        raise ValueError(f"{layout.patch_centers}: missing column(s) {', '.join(missing)}")
-    return catalog, centers
+    One-line errors name a missing, truncated or edited file and the command that remakes it.
+    """
+    from ctdose.catalog import read_catalog
+    from ctdose.centers import read_patch_centers
+
+    verify(layout.catalog, layout.command("prepare"))
+    return read_catalog(layout.catalog), read_patch_centers(layout.patch_centers, layout.command("centers"))
 
 
 def select_series(catalog: pd.DataFrame, scanners: Sequence[str] | None = None,
@@ -106,20 +108,33 @@ def select_series(catalog: pd.DataFrame, scanners: Sequence[str] | None = None,
 
 
 def select_centers(centers: pd.DataFrame, patches_per_roi: int | None = None) -> pd.DataFrame:
-    """The first ``patches_per_roi`` centres (lowest patch numbers) of each ROI, ROI_NAMES order."""
-    unknown = sorted(set(centers["roi"]) - set(ROI_NAMES))
-    if unknown:
-        raise ValueError(f"patch centres name unknown ROI(s) {', '.join(unknown)}")
+    """The first ``patches_per_roi`` centers (lowest patch numbers) of each ROI, in the file's ROI order.
+
+    ValueError when an ROI has fewer centers than ``patches_per_roi``.
+    """
     if patches_per_roi is not None and patches_per_roi < 1:
         raise ValueError(f"--patches-per-roi must be >= 1, got {patches_per_roi}")
-    ordered = centers.assign(_roi=centers["roi"].map(ROI_NAMES.index)).sort_values(["_roi", "patch"])
+    if patches_per_roi is not None:
+        counts = centers.groupby("roi").size()
+        short = counts[counts < patches_per_roi]
+        if not short.empty:
+            raise ValueError(f"--patches-per-roi {patches_per_roi}: ROI {short.index[0]} has only "
+                             f"{int(short.iloc[0])} centers; draw more with data/patch_centers.py --per-roi")
+    roi_order = {roi: n for n, roi in enumerate(dict.fromkeys(centers["roi"]))}
+    ordered = centers.assign(_roi=centers["roi"].map(roi_order)).sort_values(["_roi", "patch"], kind="stable")
     if patches_per_roi is not None:
         ordered = ordered.groupby("_roi", sort=False).head(patches_per_roi)
     return ordered.drop(columns="_roi").reset_index(drop=True)
 
 
-def make_jobs(series: pd.DataFrame, centers: pd.DataFrame, layout: ResultsLayout, name: str) -> list[SeriesJob]:
-    """One job per selected catalog row (paths resolved, identity fields copied)."""
+def make_jobs(series: pd.DataFrame, centers: pd.DataFrame, layout: ResultsLayout, name: str,
+              value_settings: dict[str, Any] | None = None,
+              max_outside_share: float = MAX_OUTSIDE_SHARE) -> list[SeriesJob]:
+    """One job per selected catalog row (paths resolved, identity fields copied).
+
+    ``value_settings``: what changes feature values (weights checksum, patch geometry, params),
+    recorded in every partial's sidecar; ``max_outside_share``: see :func:`check_outside`.
+    """
     missing = [c for c in (*SERIES_FIELDS, "path") if c not in series.columns]
     if missing:
         raise ValueError(f"catalog lacks column(s) {', '.join(missing)}")
@@ -134,6 +149,8 @@ def make_jobs(series: pd.DataFrame, centers: pd.DataFrame, layout: ResultsLayout
             transform_path=str(layout.transform(str(row["series_uid"]))),
             partial_path=str(layout.feature_partial(name, str(row["series_uid"]))),
             centers=centers,
+            value_settings=dict(value_settings or {}),
+            max_outside_share=max_outside_share,
         ))
     return jobs
 
@@ -152,19 +169,19 @@ def load_volume(job: SeriesJob) -> Volume:
 
 def load_series(job: SeriesJob) -> tuple[Volume, sitk.Transform]:
     """The series' CT volume and its reference -> series transform (clear errors if files are gone)."""
-    from ctdose.registration import load_transform
+    from ctdose.transform_io import load_transform
 
-    if not Path(job.transform_path).exists():
-        raise FileNotFoundError(f"series {job.series_uid}: transform {job.transform_path} is missing; "
-                                "run the data/prepare step first")
+    verify(job.transform_path, "data/prepare.py")
     return load_volume(job), load_transform(job.transform_path)
 
 
 def feature_frame(identity: dict[str, Any], rows: pd.DataFrame, values: np.ndarray,
-                  names: Sequence[str]) -> pd.DataFrame:
-    """Identity columns (series fields + ``rows``' roi, roi_class, patch) then the feature columns.
+                  names: Sequence[str], outside_fraction: np.ndarray | None = None) -> pd.DataFrame:
+    """Identity columns (series fields + ``rows``' roi, roi_class, patch), ``outside_fraction``, features.
 
-    ``values`` is (len(rows), len(names)); ``names`` are already prefixed by the extractor name.
+    ``values`` is (len(rows), len(names)); ``names`` are already prefixed by the extractor name;
+    ``outside_fraction`` (len(rows),) is each patch's share of voxels outside the field of view
+    (0 when not given, e.g. whole-ROI rows).
     """
     values = np.asarray(values, dtype=np.float64)
     if values.shape != (len(rows), len(names)):
@@ -172,15 +189,17 @@ def feature_frame(identity: dict[str, Any], rows: pd.DataFrame, values: np.ndarr
                          f"{len(names)} names")
     ident = pd.DataFrame({k: [identity[k]] * len(rows) for k in SERIES_FIELDS})
     ident["roi"] = rows["roi"].to_numpy()
-    ident["roi_class"] = rows["roi_class"].to_numpy() if "roi_class" in rows else rows["roi"].map(ROI_CLASSES)
+    ident["roi_class"] = rows["roi_class"].to_numpy()
     ident["patch"] = rows["patch"].to_numpy().astype(int)
+    ident[OUTSIDE_COLUMN] = (np.zeros(len(rows)) if outside_fraction is None
+                             else np.asarray(outside_fraction, dtype=float).reshape(len(rows)))
     feats = pd.DataFrame(values, columns=list(names))
-    return pd.concat([ident[list(IDENTITY_COLUMNS)], feats], axis=1)
+    return pd.concat([ident[[*IDENTITY_COLUMNS, OUTSIDE_COLUMN]], feats], axis=1)
 
 
 def check_finite(df: pd.DataFrame) -> None:
     """ValueError naming series, ROI, patch and feature of the first NaN/inf value of a feature frame."""
-    names = [c for c in df.columns if c not in IDENTITY_COLUMNS]
+    names = feature_columns(list(df.columns))
     values = df[names].to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values)
     if bad.any():
@@ -191,57 +210,68 @@ def check_finite(df: pd.DataFrame) -> None:
                          "in this series); nothing was written for it")
 
 
+def check_outside(df: pd.DataFrame, max_share: float) -> None:
+    """ValueError naming the first patch whose share of voxels outside the field of view exceeds ``max_share``."""
+    if OUTSIDE_COLUMN not in df:
+        return
+    over = df[OUTSIDE_COLUMN].to_numpy(dtype=float) > max_share
+    if over.any():
+        row = df.loc[over].iloc[0]
+        raise ValueError(f"series {row['series_uid']}, roi {row['roi']}, patch {row['patch']}: "
+                         f"{row[OUTSIDE_COLUMN]:.1%} of the patch lies outside the field of view "
+                         f"({int(over.sum())} patch(es) over the allowed {max_share:.1%}; "
+                         "--max-outside-share raises the limit)")
+
+
+def partial_settings(job: SeriesJob) -> dict[str, Any]:
+    """What one series' partial table depends on besides its input files."""
+    return {**job.value_settings, "identity": job.identity,
+            "centers": job.centers.to_dict("records"), "max_outside_share": job.max_outside_share}
+
+
+def partial_inputs(job: SeriesJob) -> list[Path]:
+    """Files a series' partial is computed from and must be recomputed after: transform, SEG."""
+    return [Path(p) for p in (job.transform_path, job.seg_path) if p and Path(p).is_file()]
+
+
+def partial_is_current(job: SeriesJob) -> bool:
+    """True when ``job``'s partial table exists, is intact and was made with its settings and inputs."""
+    return is_current(job.partial_path, partial_settings(job), partial_inputs(job))
+
+
 def run_job(job: SeriesJob, compute: Callable[[SeriesJob], pd.DataFrame]) -> str:
-    """Write ``job``'s partial table unless it exists; returns its path. Errors name the series."""
+    """Write ``job``'s partial table unless it is current; returns its path. Errors name the series."""
     path = Path(job.partial_path)
-    if path.exists():
+    if partial_is_current(job):
         return str(path)
+    settings, inputs = partial_settings(job), partial_inputs(job)
     try:
         frame = compute(job)
+        check_finite(frame)
+        check_outside(frame, job.max_outside_share)
     except (ValueError, RuntimeError) as err:
         message = str(err)
         raise ValueError(message if job.series_uid in message else f"series {job.series_uid}: {message}") from err
-    check_finite(frame)
     write_csv(frame, path)
+    write_sidecar(path, settings, inputs=inputs, n_rows=len(frame))
     return str(path)
 
 
 # --------------------------------------------------------------------------- merge and provenance
 
 
-def check_partial_settings(layout: ResultsLayout, name: str, value_settings: dict[str, Any],
-                           jobs: Sequence[SeriesJob]) -> None:
-    """Refuse to mix partials made with different value-changing settings; record them on first use.
-
-    ``value_settings`` holds what changes feature values (weights checksum, patch geometry,
-    PyRadiomics params, mode); the checksum of the selected patch centres (which rows a partial holds)
-    is added here. The record is ``features/partial/<name>/settings.json``.
-    """
-    record = layout.features_dir / "partial" / name / "settings.json"
-    centres = jobs[0].centers.to_csv(index=False).encode() if jobs else b""
-    current = json.loads(json.dumps({**value_settings, "centers_sha256": hashlib.sha256(centres).hexdigest()},
-                                    default=str))
-    if record.exists():
-        previous = json.loads(record.read_text())
-        if previous != current:
-            diff = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-            raise ValueError(f"partial {name} tables in {record.parent} were made with other settings "
-                             f"({', '.join(diff)} differ); delete that folder or use another --results")
-        return
-    write_json(current, record)
-
-
 def merge_partials(jobs: Sequence[SeriesJob]) -> pd.DataFrame:
-    """The partial tables of ``jobs`` concatenated: job order, then ROI_NAMES order, then patch."""
+    """The partial tables of ``jobs``, each checked against its sidecar, concatenated: job order,
+    then the centers' ROI order, then patch."""
     frames = []
     for job in jobs:
         path = Path(job.partial_path)
-        if not path.exists():
-            raise FileNotFoundError(f"series {job.series_uid}: partial table {path} is missing")
-        frame = pd.read_csv(path, dtype={"series_uid": str, "scanner": str, "recon": str, "roi": str})
+        verify(path, "the extractor again (it recomputes missing or damaged series)")
+        frame = pd.read_csv(path, dtype=TEXT_DTYPES)
         if not (frame["series_uid"] == job.series_uid).all():
             raise ValueError(f"partial table {path} holds rows of another series than {job.series_uid}")
-        order = np.lexsort((frame["patch"].to_numpy(), frame["roi"].map(ROI_NAMES.index).to_numpy()))
+        roi_order = {roi: n for n, roi in enumerate(dict.fromkeys(job.centers["roi"]))}
+        order = np.lexsort((frame["patch"].to_numpy(), frame["roi"].map(roi_order).to_numpy()))
         frames.append(frame.iloc[order])
     merged = pd.concat(frames, ignore_index=True)
     dup = merged.duplicated(["series_uid", "roi", "patch"])
@@ -255,30 +285,23 @@ def finish(name: str, layout: ResultsLayout, jobs: Sequence[SeriesJob], settings
            **extra: Any) -> Path:
     """Merge the partials into ``features/<name>.csv`` and write its sidecar; returns the table path.
 
-    When the table is already the merge of these partials with these settings, it is left as it is.
+    When the table is current (same settings, merged from exactly these partials), it is left as it is.
     """
-    if _merged_table_is_current(layout.feature_table(name), jobs, settings):
-        print(f"{name}: {layout.feature_table(name)} is up to date")
-        return layout.feature_table(name)
+    table = layout.feature_table(name)
+    inputs = [layout.catalog, layout.patch_centers, *[Path(job.partial_path) for job in jobs]]
+    if is_current(table, settings, inputs):
+        print(f"{name}: {table} is current")
+        return table
     merged = merge_partials(jobs)
-    n_features = len(merged.columns) - len(IDENTITY_COLUMNS)
-    table = write_csv(merged, layout.feature_table(name))
-    write_sidecar(table, settings, extractor=name, n_features=n_features, n_rows=len(merged),
-                  n_series=len(jobs), **extra)
+    outside = merged[OUTSIDE_COLUMN].to_numpy(dtype=float) > 0
+    if outside.any():
+        print(f"warning: {name}: {int(outside.sum())} of {len(merged)} patches reach outside the field of "
+              f"view (largest share {merged[OUTSIDE_COLUMN].max():.1%}; column {OUTSIDE_COLUMN})")
+    n_features = len(feature_columns(list(merged.columns)))
+    write_csv(merged, table)
+    write_sidecar(table, settings, inputs=inputs, extractor=name, n_features=n_features, n_rows=len(merged),
+                  n_series=len(jobs), n_patches_outside=int(outside.sum()), **extra)
     return table
-
-
-def _merged_table_is_current(table: Path, jobs: Sequence[SeriesJob], settings: dict[str, Any]) -> bool:
-    """True if ``table`` was merged with the same settings and series and after every partial was written."""
-    sidecar = table.with_suffix(".json")
-    if not (table.exists() and sidecar.exists()):
-        return False
-    recorded = json.loads(sidecar.read_text())
-    stamp = table.stat().st_mtime_ns
-    partials = [Path(job.partial_path) for job in jobs]
-    return (recorded.get("settings") == json.loads(json.dumps(settings, default=json_default))
-            and recorded.get("n_series") == len(jobs)
-            and all(p.exists() and p.stat().st_mtime_ns <= stamp for p in partials))
 
 
 # --------------------------------------------------------------------------- command line
@@ -294,25 +317,37 @@ def add_common_args(parser: argparse.ArgumentParser, results: str) -> None:
     parser.add_argument("--recons", nargs="+", metavar="RECON", help="only these reconstructions (FBP IR DL)")
     parser.add_argument("--max-series", type=int, metavar="N", help="at most N series (first in catalog order)")
     parser.add_argument("--patches-per-roi", type=int, metavar="K",
-                        help="use the first K centres of each ROI (default: all)")
+                        help="use the first K centers of each ROI (default: all)")
     parser.add_argument("--patch-size", type=int, nargs=3, default=list(PATCH_SIZE_XYZ), metavar=("X", "Y", "Z"),
                         help="patch size in voxels along x y z (default: %(default)s)")
     parser.add_argument("--patch-spacing", type=float, nargs=3, default=list(PATCH_SPACING_XYZ),
                         metavar=("X", "Y", "Z"), help="patch voxel spacing in mm (default: %(default)s)")
+    parser.add_argument("--max-outside-share", type=float, default=MAX_OUTSIDE_SHARE, metavar="F",
+                        help="largest share (0..1) of a patch allowed outside the field of view, filled "
+                             "with air and counted in the outside_fraction column (default: %(default)s "
+                             "= refuse)")
 
 
-def prepare(args: argparse.Namespace, name: str) -> tuple[ResultsLayout, list[SeriesJob], PatchSettings]:
-    """Read inputs, apply the selection flags and build the jobs of one extractor run."""
+def prepare(args: argparse.Namespace, name: str,
+            value_settings: dict[str, Any]) -> tuple[ResultsLayout, list[SeriesJob], PatchSettings]:
+    """Read inputs, apply the selection flags and build the jobs of one extractor run.
+
+    ``value_settings`` (weights checksum, params ...) are recorded with the patch geometry in every
+    partial's sidecar.
+    """
     layout = ResultsLayout(args.results)
     catalog, centers = read_inputs(layout)
     series = select_series(catalog, args.scanners, args.doses, args.recons, args.max_series)
     chosen = select_centers(centers, args.patches_per_roi)
     patch = PatchSettings(tuple(args.patch_size), tuple(args.patch_spacing))
-    return layout, make_jobs(series, chosen, layout, name), patch
+    if not 0.0 <= args.max_outside_share <= 1.0:
+        raise ValueError(f"--max-outside-share must be within 0..1, got {args.max_outside_share}")
+    value_settings = {**value_settings, "patch_size": list(patch.size_xyz), "patch_spacing": list(patch.spacing_xyz)}
+    return layout, make_jobs(series, chosen, layout, name, value_settings, args.max_outside_share), patch
 
 
 def selection_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The shared flags as a plain dict for the sidecar."""
-    keys = ("results", "scanners", "doses", "recons", "max_series", "patches_per_roi", "patch_size",
-            "patch_spacing")
+    keys = ("scanners", "doses", "recons", "max_series", "patches_per_roi", "patch_size",
+            "patch_spacing", "max_outside_share")
     return {k: getattr(args, k) for k in keys}

@@ -6,7 +6,7 @@ liver) apart on patches of a digital twin generated with *other* seeds (phantom 
 and photon noise) than the evaluation twin. The saved layers then serve as a fixed feature extractor.
 This is our own pretraining on simulated data, not the study's network.
 
-Data: every series of the training twin (its DICOM CT + SEG), ``per_roi`` patch centres drawn
+Data: every series of the training twin (its DICOM CT + SEG), ``per_roi`` patch centers drawn
 uniformly among the voxels of each ROI (seeded), patches sampled with ``sample_patches`` on the usual
 64x64x32 grid. Series of ``val_scanners`` are held out and only report accuracy. Augmentation: random
 flips along x and y. Optimiser Adam, cross-entropy, fixed epochs (no early stopping), seeded.
@@ -44,7 +44,7 @@ class PatchSet:
 def collect_patches(catalog, per_roi: int, seed: int,
                     size_xyz: tuple[int, int, int] = PATCH_SIZE_XYZ,
                     spacing_xyz: tuple[float, float, float] = PATCH_SPACING_XYZ) -> PatchSet:
-    """``per_roi`` patches per ROI of every catalog series, centred on random voxels of the ROI."""
+    """``per_roi`` patches per ROI of every catalog series, centered on random voxels of the ROI."""
     from ctdose.dicom_io import read_ct_series
     from ctdose.seg import read_seg_label_map
 
@@ -55,15 +55,15 @@ def collect_patches(catalog, per_roi: int, seed: int,
             raise ValueError(f"training series {row.series_uid} has no SEG")
         volume = read_ct_series(row.path, row.series_uid)
         labels, names = read_seg_label_map(row.seg_path, row.path, row.series_uid)
-        centres, classes = [], []
+        centers, classes = [], []
         for value, roi in enumerate(names, start=1):
             idx = np.argwhere(labels == value)  # (k, j, i)
             if len(idx) == 0:
                 raise ValueError(f"training series {row.series_uid}: ROI {roi} is empty")
             pick = idx[rng.choice(len(idx), size=per_roi, replace=len(idx) < per_roi)][:, ::-1]
-            centres.append(volume.index_to_physical(pick.astype(float)))
+            centers.append(volume.index_to_physical(pick.astype(float)))
             classes += [CLASSES.index(ROI_CLASSES[roi])] * per_roi
-        batch = sample_patches(volume, np.concatenate(centres), None, size_xyz, spacing_xyz)
+        batch = sample_patches(volume, np.concatenate(centers), None, size_xyz, spacing_xyz)
         xs.append(batch.patches)
         ys += classes
         groups += [row.scanner] * len(classes)

@@ -26,7 +26,7 @@ import SimpleITK as sitk
 import yaml
 
 from ctdose.extractors import driver
-from ctdose.naming import ROI_NAMES
+from ctdose.naming import ROI_CLASSES, ROI_NAMES
 from ctdose.patches import sample_patches
 from ctdose.volume import Volume
 
@@ -87,26 +87,30 @@ def feature_values(extractor, image: sitk.Image, mask: sitk.Image, label: int) -
     return {PREFIX + k: float(v) for k, v in result.items() if not k.startswith("diagnostics_")}
 
 
-def _frame(identity: dict[str, Any], rows: pd.DataFrame, dicts: list[dict[str, float]]) -> pd.DataFrame:
+def _frame(identity: dict[str, Any], rows: pd.DataFrame, dicts: list[dict[str, float]],
+           outside_fraction: np.ndarray | None = None) -> pd.DataFrame:
     names = list(dicts[0])
     for d, (_, row) in zip(dicts, rows.iterrows()):
         if list(d) != names:
             raise ValueError(f"roi {row['roi']} patch {row['patch']}: PyRadiomics returned other features")
-    return driver.feature_frame(identity, rows, np.array([[d[n] for n in names] for d in dicts]), names)
+    return driver.feature_frame(identity, rows, np.array([[d[n] for n in names] for d in dicts]), names,
+                                outside_fraction)
 
 
 def patch_frame(volume: Volume, transform: sitk.Transform | None, centers: pd.DataFrame,
-                identity: dict[str, Any], params: dict[str, Any], patch: driver.PatchSettings) -> pd.DataFrame:
-    """``patch`` mode rows of one series: all patches sampled at once, then one PyRadiomics call each."""
+                identity: dict[str, Any], params: dict[str, Any], patch: driver.PatchSettings,
+                threads: int | None = None) -> pd.DataFrame:
+    """``patch`` mode rows of one series: all patches sampled at once (on ``threads`` threads, default
+    all cores), then one PyRadiomics call each; ``outside_fraction`` from the sampler's count."""
     extractor = make_extractor(params)
     label = int(extractor.settings.get("label", 1))
     batch = sample_patches(volume, centers[["x_mm", "y_mm", "z_mm"]].to_numpy(float), transform,
-                           patch.size_xyz, patch.spacing_xyz)
+                           patch.size_xyz, patch.spacing_xyz, threads=threads)
     dicts = []
     for values in batch.patches:
         image = patch_image(values, patch.spacing_xyz)
         dicts.append(feature_values(extractor, image, box_mask(image, label), label))
-    return _frame(identity, centers, dicts)
+    return _frame(identity, centers, dicts, batch.n_outside / batch.patches[0].size)
 
 
 def roi_frame(volume: Volume, masks: dict[str, np.ndarray], identity: dict[str, Any],
@@ -128,7 +132,8 @@ def roi_frame(volume: Volume, masks: dict[str, np.ndarray], identity: dict[str, 
         mask = sitk.GetImageFromArray(mask_array.astype(np.uint8) * label)
         mask.CopyInformation(image)
         dicts.append(feature_values(extractor, image, mask, label))
-    rows = pd.DataFrame({"roi": names, "patch": [driver.WHOLE_ROI_PATCH] * len(names)})
+    rows = pd.DataFrame({"roi": names, "roi_class": [ROI_CLASSES[n] for n in names],
+                         "patch": [driver.WHOLE_ROI_PATCH] * len(names)})
     return _frame(identity, rows, dicts)
 
 
@@ -149,7 +154,7 @@ class RadiomicsTask:
     def compute(self, job: driver.SeriesJob) -> pd.DataFrame:
         if self.mode == "patch":
             volume, transform = driver.load_series(job)
-            return patch_frame(volume, transform, job.centers, job.identity, self.params, self.patch)
+            return patch_frame(volume, transform, job.centers, job.identity, self.params, self.patch, self.threads)
         from ctdose.seg import read_seg_masks
 
         if job.seg_path is None or not Path(job.seg_path).exists():

@@ -28,6 +28,8 @@ import torch
 #: File names searched in a snapshot folder, in order.
 SNAPSHOT_FILES: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin", "model.pt", "model.pth")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+#: Suffixes of checkpoint files: a source ending in one is a local path, never a hub id.
+WEIGHT_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 
 
 @dataclass
@@ -69,9 +71,17 @@ def resolve_weights(source: str, timeout_s: float = 10.0) -> Path:
         raise FileNotFoundError(f"weights folder {path} holds none of {', '.join(SNAPSHOT_FILES)}")
     if path.exists():
         return path
-    if not _HUB_ID.match(source):
-        raise FileNotFoundError(f"weights file {source} not found")
+    if not looks_like_hub_id(source):
+        raise FileNotFoundError(f"weights file {source} not found (no such file or folder: {path.resolve()})")
     return Path(_hub_download(source, timeout_s))
+
+
+def looks_like_hub_id(source: str) -> bool:
+    """True for ``owner/name`` that cannot be a local path: no checkpoint suffix, and no local folder
+    ``owner`` (``weights/model.pt`` and ``swin/weights/x`` are paths; ``project-lighter/ct_fm`` is an id)."""
+    path = Path(source)
+    return (bool(_HUB_ID.match(source)) and path.suffix.lower() not in WEIGHT_SUFFIXES
+            and not path.parent.exists())
 
 
 def _hub_download(repo_id: str, timeout_s: float) -> str:

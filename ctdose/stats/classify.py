@@ -21,11 +21,16 @@ Protocols
 * :func:`dose_splits`: dose-level classification, leave one scanner out (groups = scanner): a test
   series' scanner is never in training. ROIs cannot be held out as well (every scanner images the
   same six ROIs and every class must be in training), so ROI identity is shared by design.
+
+:func:`classify_extractor` runs every protocol the table allows for one extractor under
+:class:`ClassifySettings`; :func:`summarize` turns the per-fold results of all extractors into the
+tables the analysis step writes (per fold, accuracy matrices, curves).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Callable, Iterator
 
 import numpy as np
@@ -35,9 +40,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ctdose.features import FeatureTable
 from ctdose.stats.mlp import MLPClassifier
 
 CLASSIFIERS: tuple[str, ...] = ("mlp", "logreg")
+#: Protocols in the order they are run and reported.
+PROTOCOLS: tuple[str, ...] = ("cross_dose", "loso_n", "kfold_n", "dose_level")
 
 
 @dataclass
@@ -152,3 +160,136 @@ def curve(results: pd.DataFrame) -> pd.DataFrame:
     """Mean, sd and count of accuracy per number of training scanners / folds (``n_train``)."""
     return (results.groupby("n_train")["accuracy"].agg(["mean", "std", "count"])
             .rename(columns={"std": "sd", "count": "n"}).reset_index())
+
+
+@dataclass(frozen=True)
+class ClassifySettings:
+    """What the classification results depend on (recorded in the output sidecar).
+
+    classifier: 'mlp' (100-60-30 GELU, dropout 0.2, fixed ``epochs``) or 'logreg'; seed: the
+    classifier's and every random draw's; draws: draws per N training scanners (LOSO-N);
+    n_folds, test_folds: the grouped k-fold-n protocol (capped at the number of series);
+    recons: reconstructions used (empty: all).
+    """
+
+    classifier: str = "mlp"
+    epochs: int = 100
+    seed: int = 0
+    draws: int = 2
+    n_folds: int = 10
+    test_folds: int = 2
+    recons: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.classifier not in CLASSIFIERS:
+            raise ValueError(f"unknown classifier {self.classifier!r}; "
+                             f"expected one of {', '.join(CLASSIFIERS)}")
+        for key in ("epochs", "draws", "test_folds"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"classification setting {key}={getattr(self, key)}; must be >= 1")
+        if self.n_folds < 2:
+            raise ValueError(f"classification setting n_folds={self.n_folds}; must be >= 2")
+        object.__setattr__(self, "recons", tuple(self.recons))
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "recons": list(self.recons),
+                "mlp": "hidden 100-60-30, GELU, dropout 0.2, Adam lr 1e-3, weight decay 1e-4, full batch",
+                "kfold_groups": "series_uid", "dose_level_groups": "scanner (leave one scanner out)"}
+
+
+def classify_extractor(table: FeatureTable, settings: ClassifySettings) -> dict[str, pd.DataFrame]:
+    """Every protocol the table allows, per fold: {protocol: rows of :func:`run_splits` + ``extractor``}.
+
+    Cross-dose, LOSO-N and dose level need two scanners (dose level also two doses); k-fold-n needs
+    two series. Absent protocols are absent keys.
+    """
+    if settings.recons:
+        table = table.subset(table.ident["recon"].isin(settings.recons).to_numpy())
+        if not len(table.X):
+            raise ValueError(f"{table.name}: no rows with reconstruction(s) {', '.join(settings.recons)}")
+    ident, X = table.ident, table.X
+    y_roi, y_dose = ident["roi_class"].to_numpy(), ident["dose_mgy"].to_numpy()
+    scanner = ident["scanner"].to_numpy()
+    make = partial(make_pipeline, settings.classifier, settings.seed, settings.epochs)
+
+    def bar(desc: str) -> Callable:
+        from tqdm.auto import tqdm
+        return partial(tqdm, leave=False, unit="fit", desc=f"{table.name} {desc}")
+
+    out: dict[str, pd.DataFrame] = {}
+    if np.unique(scanner).size >= 2:
+        out["cross_dose"] = run_splits(X, y_roi, cross_dose_splits(scanner, y_dose), make, bar("cross-dose"))
+        out["loso_n"] = run_splits(X, y_roi, loso_n_splits(scanner, settings.draws, settings.seed), make,
+                                   bar("LOSO-N"))
+        if np.unique(y_dose).size >= 2:
+            out["dose_level"] = run_splits(X, y_dose.astype(str), dose_splits(scanner), make,
+                                           bar("dose level"))
+    n_folds = min(settings.n_folds, ident["series_uid"].nunique())
+    if n_folds >= 2:
+        splits = kfold_n_splits(ident["series_uid"].to_numpy(), n_folds, settings.test_folds, settings.seed)
+        out["kfold_n"] = run_splits(X, y_roi, splits, make, bar("k-fold-n"))
+    return {k: v.assign(extractor=table.name) for k, v in out.items()}
+
+
+def classify_job(job: tuple[FeatureTable, ClassifySettings, int]) -> dict[str, pd.DataFrame]:
+    """:func:`classify_extractor` with torch and BLAS limited to ``threads`` (a worker's share of the CPU).
+
+    BLAS threads beyond the cores oversubscribe the CPU (logreg was 20x slower on a busy 2-core
+    machine).
+    """
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    table, settings, threads = job
+    torch.set_num_threads(threads)
+    with threadpool_limits(limits=threads):
+        return classify_extractor(table, settings)
+
+
+@dataclass
+class ClassifySummary:
+    """The tables of the classification step (long format, an ``extractor`` column in each).
+
+    per_protocol: per-fold rows keyed by protocol (empty frame when no extractor allowed it);
+    matrices: {extractor: (mean, sd)} train dose (rows) x test dose (columns); matrix: the same,
+    long (train_dose, test_dose, mean, sd, extractor, n_folds); curves: {protocol: {extractor: curve}}
+    for loso_n / kfold_n, and curve_table: those curves long with a ``protocol`` column.
+    """
+
+    per_protocol: dict[str, pd.DataFrame]
+    matrices: dict[str, tuple[pd.DataFrame, pd.DataFrame]]
+    matrix: pd.DataFrame
+    curves: dict[str, dict[str, pd.DataFrame]]
+    curve_table: pd.DataFrame
+
+    @property
+    def folds_table(self) -> pd.DataFrame:
+        """Per-fold rows of the two curve protocols, with a ``protocol`` column."""
+        return pd.concat([self.per_protocol[p].assign(protocol=p) for p in ("loso_n", "kfold_n")],
+                         ignore_index=True)
+
+
+def summarize(results: dict[str, dict[str, pd.DataFrame]]) -> ClassifySummary:
+    """Gather :func:`classify_extractor`'s results of several extractors into :class:`ClassifySummary`."""
+    per_protocol = {}
+    for protocol in PROTOCOLS:
+        parts = [r[protocol] for r in results.values() if protocol in r]
+        per_protocol[protocol] = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    matrices, long = {}, []
+    cross = per_protocol["cross_dose"]
+    if not cross.empty:
+        for name, res in cross.groupby("extractor", sort=False):
+            mean, sd = accuracy_matrix(res)
+            matrices[name] = (mean, sd)
+            cells = mean.stack().rename("mean").to_frame().join(sd.stack().rename("sd")).reset_index()
+            long.append(cells.assign(extractor=name, n_folds=res["fold"].nunique()))
+    curves, curve_rows = {}, []
+    for protocol in ("loso_n", "kfold_n"):
+        res = per_protocol[protocol]
+        if res.empty:
+            continue
+        curves[protocol] = {name: curve(r) for name, r in res.groupby("extractor", sort=False)}
+        curve_rows += [c.assign(extractor=name, protocol=protocol) for name, c in curves[protocol].items()]
+    matrix = pd.concat(long, ignore_index=True) if long else pd.DataFrame()
+    curve_table = pd.concat(curve_rows, ignore_index=True) if curve_rows else pd.DataFrame()
+    return ClassifySummary(per_protocol, matrices, matrix, curves, curve_table)

@@ -80,10 +80,10 @@ def icc3_components(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     if not np.all(np.isfinite(data)):
         raise ValueError("ICC data contains non-finite values")
     grand = data.mean(axis=(1, 2), keepdims=True)
-    centred = data - grand
-    row_means = centred.mean(axis=2)  # (f, n)
-    col_means = centred.mean(axis=1)  # (f, k)
-    ss_total = np.einsum("fnk,fnk->f", centred, centred)
+    centered = data - grand
+    row_means = centered.mean(axis=2)  # (f, n)
+    col_means = centered.mean(axis=1)  # (f, k)
+    ss_total = np.einsum("fnk,fnk->f", centered, centered)
     ss_rows = k * np.einsum("fn,fn->f", row_means, row_means)
     ss_cols = n * np.einsum("fk,fk->f", col_means, col_means)
     ss_err = np.maximum(ss_total - ss_rows - ss_cols, 0.0)

@@ -33,7 +33,7 @@ from pydicom.uid import generate_uid
 
 from ctdose.atomic import write_json
 from ctdose.dicom_io import CTSeriesMeta, write_ct_series
-from ctdose.naming import ROI_NAMES, format_series_name
+from ctdose.naming import RECONS, ROI_NAMES, format_series_name
 from ctdose.parallel import parallel_map
 from ctdose.provenance import write_sidecar
 from ctdose.seg import write_seg
@@ -172,7 +172,10 @@ def run_scan(job: ScanJob) -> dict[str, Any]:
     record_path = out / ".jobs" / f"{job.key}.json"
     plan = series_plan(job)
     if record_path.exists() and all((out / s["name"]).is_dir() for s in plan):
-        return json.loads(record_path.read_text())
+        try:
+            return json.loads(record_path.read_text())
+        except json.JSONDecodeError:  # a damaged record: the scan is simulated again
+            pass
     profile = get_scanner(job.scanner)
     preset = job.preset
     grid = scan_grid(preset, profile)
@@ -286,7 +289,7 @@ def generate_twin(out: str | Path, preset: Preset, seed: int = 0, texture_seed: 
     """
     for code in preset.scanners:
         get_scanner(code)
-    bad = [r for r in preset.recons if r not in ("FBP", "IR", "DL")]
+    bad = [r for r in preset.recons if r not in RECONS]
     if bad or not preset.recons:
         raise ValueError(f"bad reconstruction list {list(preset.recons)}; expected some of FBP, IR, DL")
     if not preset.doses or min(preset.doses) <= 0:
@@ -300,7 +303,7 @@ def generate_twin(out: str | Path, preset: Preset, seed: int = 0, texture_seed: 
     records = parallel_map(run_scan, jobs, workers=workers, desc="twin scans", unit="scan")
     truth = ground_truth(preset, seed, texture_seed, records)
     write_json(truth, out / "ground_truth.json")
-    write_sidecar(out / "provenance", {"preset": asdict(preset), "seed": seed,
+    write_sidecar(out, {"preset": asdict(preset), "seed": seed,
                                        "texture_seed": texture_seed, "workers": workers})
     shutil.rmtree(_partial_dir(out), ignore_errors=True)
     return truth

@@ -1,14 +1,14 @@
 """The digital phantom: an analytic torso with a liver holding six ROIs, a thoracic part and test inserts.
 
 Coordinates are phantom millimetres in DICOM patient axes (LPS: +x patient left, +y posterior,
-+z head), centred on the phantom. Shapes are analytic (ellipsoids, cylinders, boxes) and painted in
++z head), centered on the phantom. Shapes are analytic (ellipsoids, cylinders, boxes) and painted in
 order, later shapes over earlier ones. Each tissue has a mean HU and a fixed texture: a Gaussian-
 correlated random field defined on a 1 mm grid in phantom space and seeded by ``texture_seed``, so
 the texture moves with the phantom and is identical in every scan of the same phantom (it was
 "printed once"). The noise of each acquisition is seeded separately (see ``acquisition``).
 
 Layout (body 156 x 124 mm, small enough for the 175 mm field of view of the demo's 256 matrix):
-liver on the patient's right holding the six ROI spheres (radius 10 mm, centres at z = -8 / +8 mm),
+liver on the patient's right holding the six ROI spheres (radius 10 mm, centers at z = -8 / +8 mm),
 lungs, ribs and a vertebra for the thoracic part, a uniform water insert, contrast rods and a
 line-pair insert on the patient's left.
 """
@@ -47,7 +47,7 @@ ROI_TISSUE: dict[str, str] = {
     "cyst1": "cyst", "cyst2": "cyst", "hemangioma": "hemangioma", "metastasis": "metastasis",
     "normal1": "liver", "normal2": "liver",
 }
-#: ROI sphere centres (x, y, z) mm in phantom space and radius mm.
+#: ROI sphere centers (x, y, z) mm in phantom space and radius mm.
 ROI_CENTERS_MM: dict[str, tuple[float, float, float]] = {
     "cyst1": (-48.0, -18.0, -8.0), "cyst2": (2.0, 12.0, 8.0),
     "hemangioma": (-24.0, -24.0, 8.0), "metastasis": (-44.0, 14.0, 8.0),
@@ -56,7 +56,7 @@ ROI_CENTERS_MM: dict[str, tuple[float, float, float]] = {
 ROI_RADIUS_MM = 10.0
 #: Texture fields are defined on this box (phantom mm, x y z) with 1 mm spacing.
 TEXTURE_BOX_MM = ((-90.0, 90.0), (-75.0, 75.0), (-80.0, 80.0))
-#: Uniform water insert (for noise measurements): centre x, y mm, radius mm, z range mm.
+#: Uniform water insert (for noise measurements): center x, y mm, radius mm, z range mm.
 WATER_INSERT = ((46.0, -8.0), 13.0, (-80.0, 0.0))
 
 
@@ -121,8 +121,8 @@ def _tissue_labels(q: _Points) -> np.ndarray:
     paint(q.ellipsoid((38, 4, 60), (28, 40, 75)), "lung")  # left lung, from mid-liver level upwards
     paint(q.ellipsoid((-34, 6, 95), (34, 42, 55)), "lung")  # right lung above the liver dome
     paint(q.ellipsoid((-24, -2, -2), (50, 46, 60)), "liver")
-    for name, centre in ROI_CENTERS_MM.items():
-        paint(q.ellipsoid(centre, (ROI_RADIUS_MM,) * 3), ROI_TISSUE[name])
+    for name, center in ROI_CENTERS_MM.items():
+        paint(q.ellipsoid(center, (ROI_RADIUS_MM,) * 3), ROI_TISSUE[name])
     # vertebra: cortical ring, marrow, canal
     paint(q.cylinder((0, 44), 12.0), "bone")
     paint(q.cylinder((0, 44), 9.5), "marrow")
@@ -194,7 +194,7 @@ def _hu(q: _Points, texture_seed: int) -> np.ndarray:
 
 @dataclass
 class ScanGrid:
-    """Reconstruction grid of a scan: ``n_pix`` square matrix, pixel mm, slices centred on z = 0."""
+    """Reconstruction grid of a scan: ``n_pix`` square matrix, pixel mm, slices centered on z = 0."""
 
     n_pix: int
     pixel_mm: float
@@ -238,7 +238,7 @@ def build_phantom(grid: ScanGrid, texture_seed: int = 0, pose: Pose = Pose(), z_
     """Voxelise the phantom placed with ``pose`` on ``grid``.
 
     Each slice averages ``z_subsamples`` planes spread over its thickness (partial volume along z);
-    in-plane values are taken at voxel centres. ROI labels are taken at voxel centres, so masks follow
+    in-plane values are taken at voxel centers. ROI labels are taken at voxel centers, so masks follow
     the repositioned phantom exactly. ``slices`` restricts the voxelised slices (e.g. for calibration).
     """
     hu = None

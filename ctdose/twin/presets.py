@@ -8,8 +8,8 @@ field of view holding the whole 156 mm-wide phantom). ``full`` is the collection
 pixels and 2x the views per slice, 10x the scans): roughly 1-2 hours on 2 cores and ~4 GB of memory
 per worker for the projector.
 
-The slice range (112 mm, centred on the ROIs' z) holds every 64x64x32 patch (0.6836 x 0.6836 x 2 mm)
-whose centre lies inside an ROI, after a repositioning of up to 2 mm along z.
+The slice range (112 mm, centered on the ROIs' z) holds every 64x64x32 patch (0.6836 x 0.6836 x 2 mm)
+whose center lies inside an ROI, after a repositioning of up to 2 mm along z.
 """
 
 from __future__ import annotations

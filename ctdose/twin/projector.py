@@ -1,8 +1,8 @@
 """2-D parallel-beam projector and filtered back-projection (FBP), batched over slices.
 
 Geometry (the same convention as scikit-image's ``radon``/``iradon``): a square image of ``n``
-pixels, rows = y, columns = x, rotation centre at pixel ``(n // 2, n // 2)``; ``n_angles`` views
-equally spaced over [0, pi); ``n_det`` detector bins as wide as one pixel, centre bin ``n_det // 2``.
+pixels, rows = y, columns = x, rotation center at pixel ``(n // 2, n // 2)``; ``n_angles`` views
+equally spaced over [0, pi); ``n_det`` detector bins as wide as one pixel, center bin ``n_det // 2``.
 View ``a`` at angle ``theta`` sees pixel (row, col) at detector coordinate
 ``t = (col - c) cos(theta) - (row - c) sin(theta)`` (pixel units).
 
