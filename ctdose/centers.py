@@ -67,6 +67,13 @@ def draw_patch_centers(label_map: Volume, n_per_roi: int = 10, seed: int = 0,
     return pd.DataFrame(rows, columns=list(PATCH_CENTER_COLUMNS))
 
 
+def roi_short_of(centers: pd.DataFrame, per_roi: int) -> tuple[str, int] | None:
+    """The first ROI with fewer than ``per_roi`` centers, and its count; None when every ROI has enough."""
+    counts = centers.groupby("roi", sort=False).size()
+    short = counts[counts < per_roi]
+    return None if short.empty else (str(short.index[0]), int(short.iloc[0]))
+
+
 def read_patch_centers(path: str | Path, remedy: str = "data/patch_centers.py") -> pd.DataFrame:
     """Read ``patch_centers.csv`` after checking it against its sidecar; refuse bad centers.
 
@@ -95,11 +102,9 @@ def read_patch_centers(path: str | Path, remedy: str = "data/patch_centers.py") 
         first = df.loc[duplicated].iloc[0]
         raise ValueError(f"{path}: patch {first['patch']} of ROI {first['roi']} appears twice")
     per_roi = (record.get("settings") or {}).get("per_roi")
-    if per_roi is not None:
-        counts = df.groupby("roi").size()
-        short = counts[counts < per_roi]
-        if not short.empty:
-            raise ValueError(f"{path}: ROI {short.index[0]} has {int(short.iloc[0])} centers, fewer than the "
-                             f"{per_roi} per ROI it was drawn with")
+    short = roi_short_of(df, per_roi) if per_roi is not None else None
+    if short is not None:
+        raise ValueError(f"{path}: ROI {short[0]} has {short[1]} centers, fewer than the "
+                         f"{per_roi} per ROI it was drawn with")
     df["patch"] = df["patch"].astype(int)
     return df

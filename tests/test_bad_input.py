@@ -257,3 +257,14 @@ def test_a_missing_local_weights_path_is_no_such_file_not_a_hub_lookup(source, m
     with pytest.raises(FileNotFoundError, match=rf"weights file {source} not found \(no such file"):
         weights.resolve_weights(source)
     assert weights.looks_like_hub_id("project-lighter/ct_fm_feature_extractor")
+
+
+def test_a_failed_atomic_write_names_the_output_not_its_temporary_file(tmp_path):
+    from ctdose.atomic import write_text
+
+    target = tmp_path / "out.txt"
+    target.mkdir()  # the final rename onto a folder fails
+    with pytest.raises(OSError) as info:
+        write_text("x", target)
+    assert info.value.filename == str(target)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # nothing half-written left

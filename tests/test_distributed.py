@@ -16,12 +16,11 @@ import textwrap
 import time
 from pathlib import Path
 
-import cloudpickle
 import numpy as np
 import psutil
 import pytest
 
-from conftest import load_script, run_script
+from conftest import REPO, load_script, run_script
 from ctdose.atomic import write_csv
 from ctdose.catalog import read_catalog
 from ctdose.cli import run_main
@@ -31,11 +30,7 @@ from ctdose.parallel import TaskError, parallel_map
 from ctdose.provenance import write_sidecar
 from test_extractors_pipeline import SMALL, _fresh, results  # noqa: F401 (results: the shared inputs fixture)
 
-REPO = Path(__file__).resolve().parents[1]
 RADIOMICS = "radiomics/extract_radiomics.py"
-# the tasks below travel to the workers by value: unpickled by reference, they would import this
-# test module (and torch with it) in every worker process
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
 @pytest.fixture(scope="module")
@@ -46,23 +41,6 @@ def scheduler() -> str:
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.CRITICAL) as cluster:
         yield cluster.scheduler_address
-
-
-def _finish_in_reverse(item: tuple[int, int]) -> tuple[int, float, int]:
-    """Item ``i`` of ``n`` takes (n - i) x 0.1 s: later items finish first. Returns (i, end time, pid)."""
-    i, n = item
-    time.sleep((n - i) * 0.1)
-    return i, time.time(), os.getpid()
-
-
-def _fail(kind: str) -> None:
-    """A task that fails the way ``kind`` says."""
-    if kind == "value":
-        raise ValueError("series 1.2.3: patch center 0 at (500, 0, 0) mm is outside the volume")
-    if kind == "file":
-        raise FileNotFoundError(2, "No such file or directory", "/data/series/CT0001.dcm")
-    if kind == "key":
-        raise KeyError("ConvolutionKernel")
 
 
 def _frames(error: BaseException) -> list[str]:
@@ -77,7 +55,17 @@ def _frames(error: BaseException) -> list[str]:
     return names
 
 
+# The tasks are nested functions: they travel to the workers by value (cloudpickle), so the worker
+# processes need not import this module (and torch with it): seconds saved on their first task.
+
+
 def test_results_come_back_in_input_order_when_tasks_finish_in_reverse(scheduler):
+    def _finish_in_reverse(item: tuple[int, int]) -> tuple[int, float, int]:
+        """Item ``i`` of ``n`` takes (n - i) x 0.1 s: later items finish first. -> (i, end time, pid)"""
+        i, n = item
+        time.sleep((n - i) * 0.1)
+        return i, time.time(), os.getpid()
+
     n = 6
     out = parallel_map(_finish_in_reverse, [(i, n) for i in range(n)], scheduler=scheduler)
     assert [i for i, _, _ in out] == list(range(n))
@@ -87,6 +75,15 @@ def test_results_come_back_in_input_order_when_tasks_finish_in_reverse(scheduler
 
 
 def test_a_task_error_is_the_tasks_own_exception_without_the_remote_traceback(scheduler):
+    def _fail(kind: str) -> None:
+        """A task that fails the way ``kind`` says."""
+        if kind == "value":
+            raise ValueError("series 1.2.3: patch center 0 at (500, 0, 0) mm is outside the volume")
+        if kind == "file":
+            raise FileNotFoundError(2, "No such file or directory", "/data/series/CT0001.dcm")
+        if kind == "key":
+            raise KeyError("ConvolutionKernel")
+
     with pytest.raises(ValueError) as info:
         parallel_map(_fail, ["none", "value", "none"], scheduler=scheduler)
     assert type(info.value) is ValueError

@@ -31,6 +31,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from ctdose.atomic import write_csv
+from ctdose.centers import roi_short_of
 from ctdose.layout import IDENTITY_COLUMNS, QC_COLUMNS, TEXT_DTYPES, ResultsLayout, feature_columns
 from ctdose.patches import PATCH_SIZE_XYZ, PATCH_SPACING_XYZ
 from ctdose.provenance import is_current, verify, write_sidecar
@@ -114,12 +115,10 @@ def select_centers(centers: pd.DataFrame, patches_per_roi: int | None = None) ->
     """
     if patches_per_roi is not None and patches_per_roi < 1:
         raise ValueError(f"--patches-per-roi must be >= 1, got {patches_per_roi}")
-    if patches_per_roi is not None:
-        counts = centers.groupby("roi").size()
-        short = counts[counts < patches_per_roi]
-        if not short.empty:
-            raise ValueError(f"--patches-per-roi {patches_per_roi}: ROI {short.index[0]} has only "
-                             f"{int(short.iloc[0])} centers; draw more with data/patch_centers.py --per-roi")
+    short = roi_short_of(centers, patches_per_roi) if patches_per_roi is not None else None
+    if short is not None:
+        raise ValueError(f"--patches-per-roi {patches_per_roi}: ROI {short[0]} has only {short[1]} centers; "
+                         "draw more with data/patch_centers.py --per-roi")
     roi_order = {roi: n for n, roi in enumerate(dict.fromkeys(centers["roi"]))}
     ordered = centers.assign(_roi=centers["roi"].map(roi_order)).sort_values(["_roi", "patch"], kind="stable")
     if patches_per_roi is not None:
