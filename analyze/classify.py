@@ -2,11 +2,14 @@
 """ROI-class and dose-level classification from each extractor's features, scanners held out.
 
 Protocols (ctdose.stats.classify): cross-dose (train at dose A, test at dose B on a held-out scanner,
-diagonal included), leave-one-scanner-out with N training scanners (N = 1..n-1, a few seeded draws
-each), 10-fold CV grouped by series with n training folds (n = 1..9), and dose-level classification
-with leave-one-scanner-out. Scaler and constant-feature filter are fitted on training rows only; the
-MLP (100-60-30, GELU, dropout 0.2) trains a fixed number of epochs (no early stopping). Writes under
-<results>/analysis/: classify_cross_dose.csv (per fold), classify_cross_dose_matrix.csv (mean, sd;
+diagonal included); the dataset paper's Algorithm 1 (every scanner as the test scanner, N = 1..S-1
+training scanners drawn, seeded, from the others; --loso-draw other-manufacturer-first is the study
+code's variant); Algorithm 2 (10 folds grouped by acquisition = scanner, dose, repetition; every fold
+as test fold, n = 1..9 training folds); dose-level classification with leave-one-scanner-out. Scaler
+and constant-feature filter are fitted on training rows only; the MLP (100-60-30, GELU, dropout 0.2)
+trains a fixed number of epochs (no early stopping). Every mean has its sd, n, what it is over and
+the chance level (majority-class share of the test labels). Writes under <results>/analysis/:
+classify_cross_dose.csv (per split), classify_cross_dose_matrix.csv (mean, sd, n, over, chance;
 + .json sidecar with the settings), classify_curves.csv (+ _folds), classify_dose_level.csv and
 figures in classify/. Each input table is checked against its extractor's sidecar; a re-run with the
 same inputs and settings does nothing, a changed table or setting recomputes.
@@ -24,16 +27,15 @@ from ctdose.layout import ResultsLayout, repo_path
 from ctdose.parallel import parallel_map
 from ctdose.plots import accuracy_curves, accuracy_heatmap
 from ctdose.provenance import is_current, recorded_outputs, write_sidecar
-from ctdose.stats.classify import CLASSIFIERS, ClassifySettings, classify_job, summarize
+from ctdose.stats.classify import CLASSIFIERS, LOSO_DRAWS, OVER, ClassifySettings, classify_job, summarize
 
 # --- settings ---
 RESULTS = "results"      # reads features/, writes analysis/ (repo-relative)
 CLASSIFIER = "mlp"       # mlp (the papers' 100-60-30 GELU MLP) or logreg (fast baseline)
 EPOCHS = 100             # fixed MLP training epochs (full-batch Adam, lr 1e-3)
 SEED = 0                 # seeds the MLP and every random draw
-DRAWS = 2                # random draws per N in leave-one-scanner-out with N training scanners
-N_FOLDS = 10             # folds of the grouped k-fold protocol
-TEST_FOLDS = 2           # test folds used in the k-fold protocol (each with n = 1..N_FOLDS-1)
+LOSO_DRAW = "random"     # LOSO-N training scanners: random (Algorithm 1) or other-manufacturer-first (study code)
+N_FOLDS = 10             # folds of Algorithm 2, grouped by acquisition (all are test folds, n = 1..N_FOLDS-1)
 RECONS: list[str] = []   # reconstructions to use (empty: all present)
 THREADS = 1              # torch and BLAS CPU threads per worker
 WORKERS = 1              # extractors classified in parallel (Dask processes); 1 = in-process
@@ -41,6 +43,8 @@ WORKERS = 1              # extractors classified in parallel (Dask processes); 1
 
 #: Curve protocols: x-axis label of their figure.
 CURVE_LABELS = {"loso_n": "training scanners N", "kfold_n": "training folds n"}
+#: Curve protocols: their name in figure titles.
+CURVE_TITLES = {"loso_n": "LOSO-N (Algorithm 1)", "kfold_n": "grouped k-fold-n (Algorithm 2)"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,10 +55,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--classifier", default=CLASSIFIER, choices=CLASSIFIERS, help="default: %(default)s")
     p.add_argument("--epochs", type=int, default=EPOCHS, help="MLP epochs, fixed (default: %(default)s)")
     p.add_argument("--seed", type=int, default=SEED, help="random seed (default: %(default)s)")
-    p.add_argument("--draws", type=int, default=DRAWS, help="draws per N training scanners (default: %(default)s)")
-    p.add_argument("--n-folds", type=int, default=N_FOLDS, help="k of the grouped k-fold (default: %(default)s)")
-    p.add_argument("--test-folds", type=int, default=TEST_FOLDS,
-                   help="test folds evaluated in the k-fold curve (default: %(default)s)")
+    p.add_argument("--loso-draw", default=LOSO_DRAW, choices=LOSO_DRAWS,
+                   help="how the N training scanners of each test scanner are drawn: random from the other "
+                        "scanners (dataset paper, Algorithm 1) or other manufacturers first, then the test "
+                        "scanner's own (the study's code) (default: %(default)s)")
+    p.add_argument("--n-folds", type=int, default=N_FOLDS,
+                   help="folds of Algorithm 2, grouped by acquisition; each is the test fold once "
+                        "(default: %(default)s)")
     p.add_argument("--recons", nargs="*", default=RECONS, help="reconstructions to use (default: all)")
     p.add_argument("--threads", type=int, default=THREADS, help="torch and BLAS threads (default: %(default)s)")
     p.add_argument("--workers", type=int, default=WORKERS,
@@ -66,8 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     layout = ResultsLayout(args.results)
-    settings = ClassifySettings(args.classifier, args.epochs, args.seed, args.draws, args.n_folds,
-                                args.test_folds, tuple(args.recons))
+    settings = ClassifySettings(args.classifier, args.epochs, args.seed, args.loso_draw, args.n_folds,
+                                tuple(args.recons))
     record = {**settings.as_dict(), "extractors": sorted(args.extractors)}
     names = available_tables(layout.root, args.extractors)
     tables_out = [layout.cross_dose, layout.curves, layout.curves_folds, layout.dose_class]
@@ -84,10 +91,14 @@ def main(argv: list[str] | None = None) -> int:
 
     written = []
     for name, (mean, sd) in summary.matrices.items():
+        cells = summary.matrix[summary.matrix["extractor"] == name]
         written += accuracy_heatmap(mean, sd, f"{name}: ROI class, cross-dose ({args.classifier})",
-                                    layout.cross_dose_figure(name))
+                                    layout.cross_dose_figure(name), chance=float(cells["chance"].mean()),
+                                    n=int(cells["n"].max()), over=OVER["cross_dose"])
     for protocol, per in summary.curves.items():
-        written += accuracy_curves(per, f"ROI class, {protocol.replace('_', '-')} ({args.classifier})",
+        label = CURVE_TITLES[protocol] if (protocol, args.loso_draw) != ("loso_n", LOSO_DRAWS[1]) \
+            else "LOSO-N, other manufacturers first (study code)"
+        written += accuracy_curves(per, f"ROI class, {label} ({args.classifier})",
                                    CURVE_LABELS[protocol], layout.curve_figure(protocol))
     write_csv(summary.per_protocol["cross_dose"], layout.cross_dose)
     write_csv(summary.folds_table, layout.curves_folds)

@@ -4,9 +4,11 @@
 Views: 'dose' = within each scanner, targets = ROI patches (roi, patch), raters = dose levels;
 'scanner' = at each dose, targets = ROI patches, raters = scanners. Repeated scans are averaged and
 reconstructions analysed one at a time unless set otherwise. Writes under <results>/analysis/:
-icc_per_feature.csv (one row per feature and view group; degenerate features listed as excluded),
-icc_summary.csv (+ .json sidecar with the settings: mean, median, sd, share > 0.75 / 0.9 per extractor
-x scanner and extractor x dose), icc_boxplots.png/.pdf. Each input table is checked against its
+icc_per_feature.csv (one row per feature and view group: ICC(3,1) and ICC(3,k) with 95 % F-based
+confidence intervals; constant features and features varying only between raters listed as excluded
+with the reason), icc_summary.csv (+ .json sidecar with the settings and the reconstructions the
+boxplots pool: mean, median, sd, share > 0.75 / 0.9 per extractor x scanner and extractor x dose),
+icc_boxplots.png/.pdf (titled with the reconstructions they pool). Each input table is checked against its
 extractor's sidecar first. A re-run with the same inputs and settings does nothing; a changed input
 table or setting recomputes.
 """
@@ -69,13 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     per_feature = pd.concat([icc_views(t, settings) for t in tables.values()], ignore_index=True)
     summary = summarize_icc(per_feature)
     write_csv(per_feature, layout.icc_per_feature)
-    icc_boxplots(per_feature, layout.icc_boxplots)
+    _, caption = icc_boxplots(per_feature, layout.icc_boxplots)
     write_csv(summary, layout.icc_summary)
+    excluded = per_feature.loc[per_feature["status"] != "ok", "status"].value_counts()
     write_sidecar(layout.icc_summary, record, inputs=[layout.feature_table(n) for n in tables], outputs=outputs,
-                  untrained={n: t.untrained for n, t in tables.items()})
-    n_excl = int((per_feature["status"] != "ok").sum())
+                  untrained={n: t.untrained for n, t in tables.items()},
+                  recons=sorted(per_feature["recon"].astype(str).unique()), boxplot_caption=caption,
+                  excluded=excluded.to_dict())
     print(f"ICC: {len(tables)} extractor(s), {len(per_feature)} feature x group rows "
-          f"({n_excl} excluded as degenerate) -> {layout.icc_summary}")
+          f"({int(excluded.sum())} excluded: constant or no variance) -> {layout.icc_summary}")
     return 0
 
 

@@ -1,18 +1,20 @@
 #!/usr/bin/env python
-"""RMSE, PSNR and SSIM of registered CT volumes inside the phantom (air excluded).
+"""RMSE, PSNR and SSIM between registered CT series, as the dataset paper's code computed them.
 
-Two comparisons (dataset paper layouts), pairs chosen by ctdose.image_metrics.metric_pairs:
-* vs_dose (Table 6): every series against its scanner's 14 mGy series (same recon, same repetition
-  if present) -> <results>/analysis/image_metrics_vs_14mGy.csv, scanner x recon x dose, mean and sd
-  over repetitions;
-* vs_scanner (Tables 3-5): every 10 mGy series against the reference scanner's 10 mGy series (same
-  recon and repetition) -> image_metrics_vs_reference_scanner.csv.
-The series is resampled (linear) onto the reference series' grid through both rigid transforms
-(results/transforms); the mask is the reference's body (HU > -500); SSIM uses a 7-voxel cubic window,
-L = 3000 HU, C1 = 900 HU^2, C2 = 8100 HU^2; PSNR's peak is 3000 HU. The catalog and every transform
-are checked against their sidecars. Each pair is cached under analysis/image_metrics_partial/ (a
-one-row CSV whose sidecar records both transforms' checksums), so a re-run only measures new pairs
-and pairs whose registration changed; with the same catalog, transforms and settings it does nothing.
+Volumes clipped to [-1000, 2000] HU; PSNR peak 2000 HU; SSIM 3-D with a Gaussian window 11 / sigma 1.5,
+data range 3000 HU (C1 = 900, C2 = 8100 HU^2): MONAI's PSNRMetric / SSIMMetric (ctdose.image_metrics).
+Two comparisons, pairs chosen as the paper's code did (ctdose.image_metrics.metric_pairs):
+* vs_dose (Table 6) -> <results>/analysis/image_metrics_vs_14mGy.csv: per scanner and dose, up to
+  --max-pairs pairs (i-th series at that dose with the i-th at 14 mGy, both lists shuffled with --seed),
+  reconstructions pooled (--recon-pairing any, the paper) or one cell per reconstruction (same);
+* vs_scanner (Tables 3-5) -> image_metrics_scanner_pairs.csv: every scanner pair at 10 mGy the same way,
+  diagonal = repeated scans of one scanner; volumes bin-shrunk by --scanner-shrink (4, the paper).
+Region (--region): "crop" = the paper code's unmasked bounding box of the phantom, "phantom" = only voxels
+inside the phantom. Only voxels both series cover count (uncovered_fraction per pair in
+image_metrics_series.csv); a same-scan pair (one acquisition, or the same transform) is not resampled.
+The catalog and every transform are checked against their sidecars. Each pair is cached under
+analysis/image_metrics_partial/ (a one-row CSV whose sidecar records the settings and both transforms'
+checksums), so a re-run measures only new pairs and pairs whose registration or settings changed.
 """
 
 from __future__ import annotations
@@ -24,17 +26,22 @@ from ctdose.atomic import write_csv
 from ctdose.catalog import read_catalog
 from ctdose.cli import run_main
 from ctdose.csv_io import csv_errors_named
-from ctdose.image_metrics import (METRIC_SETTINGS, figure_plan, measure_pairs, metric_pairs, metric_tables,
-                                  pair_jobs)
+from ctdose.image_metrics import (RECON_PAIRINGS, REGIONS, MetricSettings, figure_plan, measure_pairs,
+                                  metric_pairs, metric_tables, pair_jobs, scanner_matrix)
 from ctdose.layout import ResultsLayout, repo_path
-from ctdose.plots import figure_files, metric_bars
+from ctdose.plots import figure_files, metric_bars, metric_matrix
 from ctdose.provenance import is_current, verify, write_sidecar
 
 # --- settings ---
 RESULTS = "results"          # reads catalog.csv, transforms/; writes analysis/ (repo-relative)
-REFERENCE_DOSE = 14.0        # reference dose of the vs_dose comparison (mGy)
-SCANNER_DOSE = 10.0          # dose of the between-scanner comparison (mGy)
-REFERENCE_SCANNER = ""       # reference scanner of the between-scanner comparison ("" = first in sorted order)
+REFERENCE_DOSE = 14.0        # reference dose of the vs_dose comparison, Table 6 (mGy)
+SCANNER_DOSE = 10.0          # dose of the scanner x scanner comparison, Tables 3-5 (mGy)
+REGION = "crop"              # "crop" (the paper code's unmasked phantom bounding box) or "phantom"
+RECON_PAIRING = "any"        # "any" (reconstructions pooled per cell, the paper) or "same" (a cell per recon)
+MAX_PAIRS = 5                # pairs per cell (the paper: 5)
+SEED = 0                     # seed of the per-cell shuffles
+DOSE_SHRINK = 1              # bin-shrink factor of the vs_dose comparison (the paper: 1, none)
+SCANNER_SHRINK = 4           # bin-shrink factor of the scanner comparison (the paper: 4)
 WORKERS = 1                  # parallel worker processes (Dask); 1 = in-process
 SCHEDULER = ""               # address of an existing Dask scheduler ("" = local)
 # --- end settings ---
@@ -45,32 +52,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", default=str(repo_path(RESULTS)), help="results folder (default: %(default)s)")
     p.add_argument("--reference-dose", type=float, default=REFERENCE_DOSE, help="default: %(default)s mGy")
     p.add_argument("--scanner-dose", type=float, default=SCANNER_DOSE, help="default: %(default)s mGy")
-    p.add_argument("--reference-scanner", default=REFERENCE_SCANNER,
-                   help="reference scanner code (default: first scanner in sorted order)")
+    p.add_argument("--region", choices=REGIONS, default=REGION, help="voxels compared (default: %(default)s)")
+    p.add_argument("--recon-pairing", choices=RECON_PAIRINGS, default=RECON_PAIRING,
+                   help="pool reconstructions per cell (any) or a cell per reconstruction (same); "
+                        "default: %(default)s")
+    p.add_argument("--max-pairs", type=int, default=MAX_PAIRS, help="pairs per cell (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=SEED, help="seed of the pair shuffles (default: %(default)s)")
+    p.add_argument("--dose-shrink", type=int, default=DOSE_SHRINK,
+                   help="bin-shrink factor for vs_dose (default: %(default)s)")
+    p.add_argument("--scanner-shrink", type=int, default=SCANNER_SHRINK,
+                   help="bin-shrink factor for the scanner pairs (default: %(default)s)")
     p.add_argument("--workers", type=int, default=WORKERS, help="worker processes (default: %(default)s)")
     p.add_argument("--scheduler", default=SCHEDULER, help="Dask scheduler address (default: local)")
     p.add_argument("--force", action="store_true", help="rewrite the summary tables even if they are up to date")
     return p.parse_args(argv)
 
 
+def _caption(settings: MetricSettings, comparison: str, recon: str) -> str:
+    pooled = "reconstructions pooled" if recon == "any" else f"{recon} only"
+    shrink = settings.shrink(comparison)
+    what = "Mean ± sd" if comparison == "vs_dose" else "Mean (diagonal: repeated scans)"
+    return (f"{what} over up to {settings.max_pairs} seeded pairs per cell ({pooled}); region "
+            f"{settings.region}; clipped to [-1000, 2000] HU" + (f"; bin-shrunk by {shrink}" if shrink > 1 else "")
+            + "; only voxels covered by both series.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    settings = MetricSettings(region=args.region, recon_pairing=args.recon_pairing, max_pairs=args.max_pairs,
+                              seed=args.seed, reference_dose=args.reference_dose, scanner_dose=args.scanner_dose,
+                              dose_shrink=args.dose_shrink, scanner_shrink=args.scanner_shrink)
     layout = ResultsLayout(args.results)
     verify(layout.catalog, layout.command("prepare"))
     with csv_errors_named(layout.catalog):
         catalog = read_catalog(layout.catalog)
-    pairs = metric_pairs(catalog, args.reference_dose, args.scanner_dose, args.reference_scanner or None)
+    pairs = metric_pairs(catalog, settings)
     if pairs.empty:
         raise ValueError(f"no series pairs to compare in {layout.catalog} "
-                         f"(needs {args.reference_dose:g} mGy series per scanner)")
-    jobs = pair_jobs(catalog, pairs, layout)
-    settings = {"reference_dose": args.reference_dose, "scanner_dose": args.scanner_dose,
-                "reference_scanner": args.reference_scanner, **METRIC_SETTINGS}
+                         f"(needs {args.reference_dose:g} mGy series per scanner, or {args.scanner_dose:g} mGy series)")
+    jobs = pair_jobs(catalog, pairs, layout, settings)
     inputs = [layout.catalog, *sorted({t for job in jobs for t in job.inputs})]
     plan = figure_plan(pairs)
     outputs = [layout.image_metrics_series, layout.image_metrics_scanner,
                *(f for fig in plan for f in figure_files(layout.image_metrics_figure(fig.name)))]
-    if not args.force and is_current(layout.image_metrics_dose, settings, inputs, outputs):
+    if not args.force and is_current(layout.image_metrics_dose, settings.as_dict(), inputs, outputs):
         print(f"image metrics up to date: {layout.image_metrics_dose}")
         return 0
     per_pair, n_new = measure_pairs(jobs, args.workers, args.scheduler or None)
@@ -78,16 +103,17 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(per_pair, layout.image_metrics_series)
     write_csv(by_scanner, layout.image_metrics_scanner)
     for fig in plan:
+        stem, caption = layout.image_metrics_figure(fig.name), _caption(settings, fig.comparison, fig.recon)
         if fig.comparison == "vs_dose":
             metric_bars(by_dose[by_dose["recon"] == fig.recon], fig.metric, "scanner", "dose_mgy",
-                        f"{fig.metric} vs {args.reference_dose:g} mGy ({fig.recon})",
-                        layout.image_metrics_figure(fig.name))
+                        f"{fig.metric} vs {args.reference_dose:g} mGy ({fig.recon} reconstruction)", stem, caption)
         else:
-            metric_bars(by_scanner, fig.metric, "scanner", "recon",
-                        f"{fig.metric} vs scanner {by_scanner['reference_scanner'].iloc[0]} at "
-                        f"{args.scanner_dose:g} mGy", layout.image_metrics_figure(fig.name))
+            metric_matrix(scanner_matrix(by_scanner, f"{fig.metric}_mean", fig.recon), fig.metric,
+                          f"{fig.metric}, scanner pairs at {args.scanner_dose:g} mGy ({fig.recon} reconstruction)",
+                          stem, caption)
     write_csv(by_dose, layout.image_metrics_dose)
-    write_sidecar(layout.image_metrics_dose, settings, inputs=inputs, outputs=outputs, n_pairs=len(per_pair))
+    write_sidecar(layout.image_metrics_dose, settings.as_dict(), inputs=inputs, outputs=outputs,
+                  n_pairs=len(per_pair), uncovered_fraction_max=float(per_pair["uncovered_fraction"].max()))
     print(f"image metrics: {len(per_pair)} pairs ({n_new} measured, {len(per_pair) - n_new} cached) "
           f"-> {layout.image_metrics_dose}")
     return 0

@@ -30,6 +30,7 @@ from pydicom.dataset import Dataset
 
 from ctdose.dicom_io import (NotDicomError, ct_frames, dicom_files, is_ct_image, is_localizer, is_rtstruct,
                              is_seg, read_dicom)
+from ctdose.csv_io import read_csv
 from ctdose.layout import CATALOG_COLUMNS, TEXT_DTYPES
 from ctdose.naming import SCANNER_CODES, SeriesName, nominal_dose, parse_series_name
 
@@ -375,7 +376,7 @@ def read_catalog(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no catalog at {path}; run data/prepare.py first")
-    df = pd.read_csv(path, dtype={**TEXT_DTYPES, "path": str, "seg_path": str,
+    df = read_csv(path, dtype={**TEXT_DTYPES, "path": str, "seg_path": str,
                                   "study_uid": str, "frame_of_reference_uid": str,
                                   "series_description": str, "name_mismatch": str, "station": str,
                                   "roi_format": str, "dose_mismatch": str},

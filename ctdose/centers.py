@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from ctdose.csv_io import read_csv
 from ctdose.layout import PATCH_CENTER_COLUMNS
 from ctdose.naming import ROI_CLASSES, ROI_NAMES
 from ctdose.provenance import verify
@@ -83,10 +84,7 @@ def read_patch_centers(path: str | Path, remedy: str = "data/patch_centers.py") 
     """
     path = Path(path)
     record = verify(path, remedy)
-    try:
-        df = pd.read_csv(path, dtype={"roi": str, "roi_class": str})
-    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as err:
-        raise ValueError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+    df = read_csv(path, dtype={"roi": str, "roi_class": str})
     missing = [c for c in PATCH_CENTER_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"patch centers {path} lack columns {', '.join(missing)}")

@@ -209,15 +209,18 @@ class ResultsLayout:
 
     @property
     def image_metrics_series(self) -> Path:
+        """One row per measured pair (both series, the cell, metrics, uncovered share)."""
         return self.analysis_dir / "image_metrics_series.csv"
 
     @property
     def image_metrics_dose(self) -> Path:
+        """Table 6 layout: each dose against the scanner's 14 mGy, mean / sd over up to 5 pairs per cell."""
         return self.analysis_dir / "image_metrics_vs_14mGy.csv"
 
     @property
     def image_metrics_scanner(self) -> Path:
-        return self.analysis_dir / "image_metrics_vs_reference_scanner.csv"
+        """Tables 3-5 layout: every scanner pair at 10 mGy (scanner_a, scanner_b; diagonal = repeated scans)."""
+        return self.analysis_dir / "image_metrics_scanner_pairs.csv"
 
     @property
     def image_metrics_partial_dir(self) -> Path:
@@ -232,7 +235,7 @@ class ResultsLayout:
         return self.analysis_dir / "image_metrics"
 
     def image_metrics_figure(self, name: str) -> Path:
-        """Figure stem (``vs_dose_<metric>_<recon>``, ``vs_scanner_<metric>``)."""
+        """Figure stem (``vs_dose_<metric>_<recon>`` bars, ``vs_scanner_<metric>_<recon>`` matrix)."""
         return self.image_metrics_figures_dir / name
 
     # --- report -----------------------------------------------------------------------------------

@@ -98,7 +98,8 @@ def parallel_map(func: Callable[[T], R], items: Iterable[T], *, workers: int = 1
     if not items:
         return []
     if workers <= 1 and not scheduler:
-        return [func(item) for item in tqdm(items, desc=desc, unit=unit)]
+        with tqdm(items, desc=desc, unit=unit) as bar:  # closed (its line ended) before an error prints
+            return [func(item) for item in bar]
 
     from dask.distributed import as_completed
 

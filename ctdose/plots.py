@@ -54,33 +54,76 @@ def _grouped_boxes(ax: plt.Axes, data: pd.DataFrame, x: str, hue: str, value: st
     ax.set_xticklabels([f"{v:g}" if isinstance(v, float) else str(v) for v in x_order])
 
 
-def icc_boxplots(per_feature: pd.DataFrame, stem: str | os.PathLike, value: str = "icc3_1") -> list[Path]:
-    """ICC boxplots, extractors side by side: per scanner (dose view), per dose (scanner view), pooled."""
+#: Display order of reconstruction labels; others (e.g. averaged "FBP+IR") follow alphabetically.
+_RECON_ORDER = {"FBP": 0, "IR": 1, "DL": 2}
+
+
+def _recon_labels(per_feature: pd.DataFrame) -> list[str]:
+    labels = per_feature["recon"].astype(str).unique()
+    return sorted(labels, key=lambda r: (_RECON_ORDER.get(r, len(_RECON_ORDER)), r))
+
+
+def icc_boxplot_caption(per_feature: pd.DataFrame) -> str:
+    """One line naming the reconstructions the ICC boxplots pool, or that there is one (or one average)."""
+    recons = _recon_labels(per_feature)
+    averaged = [r for r in recons if "+" in r]
+    text = (f"Reconstructions averaged before the ICC: {', '.join(averaged)}. " if averaged else "")
+    if len(recons) == 1:
+        return text + f"Reconstruction: {recons[0]} only."
+    return (text + f"Reconstructions {', '.join(recons)} analysed apart; panels 1-2 pool them "
+            f"(one value per feature x reconstruction), panel 3 shows each apart.")
+
+
+def icc_boxplot_figure(per_feature: pd.DataFrame, value: str = "icc3_1") -> tuple[plt.Figure, str]:
+    """The ICC boxplot figure and its caption (also its title): extractors side by side, per scanner
+    (dose view), per dose (scanner view), and pooled over groups with each reconstruction apart."""
     ok = per_feature[per_feature["status"] == "ok"]
     extractors = list(dict.fromkeys(ok["extractor"]))
-    fig, axes = plt.subplots(1, 3, figsize=(18, 4.8), gridspec_kw={"width_ratios": [3, 1.5, 1]})
+    recons = _recon_labels(ok)
+    caption = icc_boxplot_caption(ok)
+    fig, axes = plt.subplots(1, 3, figsize=(18 + len(recons), 5.2),
+                             gridspec_kw={"width_ratios": [3, 1.5, 0.4 + 0.8 * len(recons)]})
     label = "ICC(3,1)" if value == "icc3_1" else "ICC(3,k)"
-    panels = [("dose", "scanner", "scanner", f"{label} across doses, per scanner"),
-              ("scanner", "dose_mgy", "dose (mGy)", f"{label} across scanners, per dose")]
+    pooled_recons = "" if len(recons) == 1 else f" ({', '.join(recons)} pooled)"
+    panels = [("dose", "scanner", "scanner", f"{label} across doses, per scanner{pooled_recons}"),
+              ("scanner", "dose_mgy", "dose (mGy)", f"{label} across scanners, per dose{pooled_recons}")]
     for ax, (view, x, xlabel, title) in zip(axes[:2], panels):
         sub = ok[ok["view"] == view]
         _grouped_boxes(ax, sub, x, "extractor", value, sorted(sub[x].unique()), extractors)
         ax.set(xlabel=xlabel, ylabel=label, title=title)
-        ax.axhline(0.75, ls="--", lw=0.8, color="grey")
-        ax.axhline(0.9, ls=":", lw=0.8, color="grey")
-    pooled = ok.assign(view_name=ok["view"].map({"dose": "across doses", "scanner": "across scanners"}))
-    _grouped_boxes(axes[2], pooled, "view_name", "extractor", value,
-                   [v for v in ("across doses", "across scanners") if v in set(pooled["view_name"])], extractors)
-    axes[2].set(xlabel="view", ylabel=label, title=f"{label} pooled")
+    names = {"dose": "doses", "scanner": "scanners"}
+    pooled = ok.assign(panel=ok["view"].map(names) + "\n" + ok["recon"].astype(str))
+    order = [f"{names[v]}\n{r}" for v in ("dose", "scanner") for r in recons]
+    _grouped_boxes(axes[2], pooled, "panel", "extractor", value, [o for o in order if o in set(pooled["panel"])],
+                   extractors)
+    axes[2].set(xlabel="across doses / scanners, per reconstruction", ylabel=label,
+                title=f"{label} pooled over groups, per reconstruction")
     axes[2].legend(title="extractor", fontsize=8, loc="lower left")
     for ax in axes:
+        ax.axhline(0.75, ls="--", lw=0.8, color="grey")
+        ax.axhline(0.9, ls=":", lw=0.8, color="grey")
         ax.grid(axis="y", alpha=0.3)
-    return save_figure(fig, stem)
+    fig.suptitle(caption, fontsize=10)
+    return fig, caption
 
 
-def accuracy_heatmap(mean: pd.DataFrame, sd: pd.DataFrame, title: str, stem: str | os.PathLike) -> list[Path]:
-    """Cross-dose accuracy heat map: rows = training dose, columns = test dose; cells 'mean ± sd'."""
-    fig, ax = plt.subplots(figsize=(5.2, 4.4))
+def icc_boxplots(per_feature: pd.DataFrame, stem: str | os.PathLike,
+                 value: str = "icc3_1") -> tuple[list[Path], str]:
+    """Write the ICC boxplots (:func:`icc_boxplot_figure`) as ``<stem>.png/.pdf``; returns the files
+    and the caption naming the reconstructions pooled."""
+    fig, caption = icc_boxplot_figure(per_feature, value)
+    return save_figure(fig, stem), caption
+
+
+def accuracy_heatmap(mean: pd.DataFrame, sd: pd.DataFrame, title: str, stem: str | os.PathLike,
+                     chance: float | None = None, n: int | None = None,
+                     over: str = "held-out scanners") -> list[Path]:
+    """Cross-dose accuracy heat map: rows = training dose, columns = test dose; cells 'mean ± sd'.
+
+    ``n``, ``over``: how many of what each cell's mean and sd are taken over (written under the map);
+    ``chance``: the chance level (majority-class share), written under the map and dashed on the colour bar.
+    """
+    fig, ax = plt.subplots(figsize=(5.2, 4.8))
     im = ax.imshow(mean.to_numpy(), vmin=0, vmax=1, cmap="viridis")
     for i in range(mean.shape[0]):
         for j in range(mean.shape[1]):
@@ -90,17 +133,35 @@ def accuracy_heatmap(mean: pd.DataFrame, sd: pd.DataFrame, title: str, stem: str
     ax.set_xticks(range(mean.shape[1]), [f"{v:g}" for v in mean.columns])
     ax.set_yticks(range(mean.shape[0]), [f"{v:g}" for v in mean.index])
     ax.set(xlabel="test dose (mGy), held-out scanner", ylabel="training dose (mGy)", title=title)
-    fig.colorbar(im, ax=ax, label="accuracy (mean over held-out scanners)")
+    bar = fig.colorbar(im, ax=ax, label=f"accuracy (mean over {over})")
+    note = [f"cells: mean ± sd over {n if n is not None else 'the'} {over}"]
+    if chance is not None:
+        bar.ax.axhline(chance, ls="--", color="white", lw=1.2)
+        note.append(f"chance (majority class) = {chance:.2f}, dashed on the colour bar")
+    fig.text(0.5, 0.0, "; ".join(note), ha="center", va="top", fontsize=7)
     return save_figure(fig, stem)
 
 
 def accuracy_curves(curves: dict[str, pd.DataFrame], title: str, xlabel: str,
                     stem: str | os.PathLike) -> list[Path]:
-    """Accuracy (mean ± sd) against ``n_train`` with one line per extractor."""
+    """Accuracy (mean ± sd) against ``n_train`` with one line per extractor, chance level dashed.
+
+    Each curve is a frame with ``n_train, mean, sd, n, over, chance`` (as
+    :func:`ctdose.stats.classify.curve` returns): the y label says what the sd is over and how many.
+    """
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, c in curves.items():
         ax.errorbar(c["n_train"], c["mean"], yerr=c["sd"].fillna(0), marker="o", ms=3, capsize=2, label=name)
-    ax.set(xlabel=xlabel, ylabel="accuracy", title=title, ylim=(0, 1.02))
+    frames = list(curves.values())
+    chances = sorted({round(float(v), 3) for c in frames for v in c["chance"]})
+    for level in chances:
+        ax.axhline(level, ls="--", lw=1, color="grey", label=f"chance (majority class) {level:.2f}")
+    counts = sorted({int(v) for c in frames for v in c["n"]})
+    overs = sorted({str(v) for c in frames for v in c["over"]})
+    n_text = "-".join(map(str, counts[:1] + counts[-1:] if len(counts) > 1 else counts))
+    ax.set(xlabel=xlabel, ylabel=f"accuracy, mean ± sd over {n_text} {' / '.join(overs)}", title=title,
+           ylim=(0, 1.02))
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(title="extractor", fontsize=8)
     return save_figure(fig, stem)
@@ -126,8 +187,9 @@ def umap_panels(embedding: np.ndarray, ident: pd.DataFrame, title: str, stem: st
 
 
 def metric_bars(table: pd.DataFrame, metric: str, x: str, hue: str, title: str,
-                stem: str | os.PathLike) -> list[Path]:
-    """Mean ± sd bars of ``metric`` (columns ``<metric>_mean`` / ``<metric>_sd``) per ``x`` and ``hue``."""
+                stem: str | os.PathLike, caption: str = "") -> list[Path]:
+    """Mean ± sd bars of ``metric`` (columns ``<metric>_mean`` / ``<metric>_sd``) per ``x`` and ``hue``;
+    ``caption`` (what each bar pools, over how many) is written below the axes."""
     fig, ax = plt.subplots(figsize=(max(6, 0.5 * table[x].nunique() * max(table[hue].nunique(), 1)), 4))
     xs = sorted(table[x].unique())
     hues = sorted(table[hue].unique())
@@ -140,4 +202,31 @@ def metric_bars(table: pd.DataFrame, metric: str, x: str, hue: str, title: str,
     ax.set(xlabel=x, ylabel=metric, title=title)
     ax.legend(title=hue, fontsize=7)
     ax.grid(axis="y", alpha=0.3)
+    if caption:
+        fig.text(0.01, -0.02, caption, fontsize=7, ha="left", va="top", wrap=True)
+    return save_figure(fig, stem)
+
+
+def metric_matrix(matrix: pd.DataFrame, metric: str, title: str, stem: str | os.PathLike,
+                  caption: str = "") -> list[Path]:
+    """Scanner x scanner heat map of ``metric`` (square ``matrix``, NaN = unmeasured), values written in
+    the cells (lower triangle and diagonal, as the dataset paper's Tables 3-5); ``caption`` below it."""
+    n = len(matrix)
+    values = matrix.to_numpy(dtype=float)
+    shown = np.where(np.tril(np.ones((n, n), bool)), values, np.nan)
+    fig, ax = plt.subplots(figsize=(max(4.5, 0.55 * n + 2), max(4, 0.5 * n + 1.5)))
+    im = ax.imshow(shown, cmap="viridis_r" if metric == "rmse_hu" else "viridis")
+    fmt = "{:.3f}" if metric == "ssim" else "{:.1f}"
+    for i in range(n):
+        for j in range(i + 1):
+            if np.isfinite(shown[i, j]):
+                r, g, b, _ = im.cmap(im.norm(shown[i, j]))
+                ax.text(j, i, fmt.format(shown[i, j]), ha="center", va="center", fontsize=6,
+                        color="black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white")
+    ax.set_xticks(range(n), list(matrix.columns), rotation=90)
+    ax.set_yticks(range(n), list(matrix.index))
+    ax.set(xlabel="scanner b (grid)", ylabel="scanner a", title=title)
+    fig.colorbar(im, ax=ax, label=metric)
+    if caption:
+        fig.text(0.01, -0.02, caption, fontsize=7, ha="left", va="top", wrap=True)
     return save_figure(fig, stem)

@@ -102,7 +102,7 @@ def count_csv_rows(path: PathLike) -> int:
     """Data rows of a CSV file (records after the header; quoted newlines handled)."""
     import csv
 
-    with Path(path).open(newline="") as handle:
+    with Path(path).open(newline="", errors="replace") as handle:  # a count, even of a damaged file
         return max(0, sum(1 for _ in csv.reader(handle)) - 1)
 
 

@@ -182,10 +182,14 @@ def icc_section(layout: ResultsLayout) -> Section:
                      "raters = doses. 'Across scanners': per dose, raters = scanners. Settings: "
                      + ", ".join(f"{k} = {side[k]}" for k in ("recon", "repetitions", "standardize", "clip") if k in side)
                      + (". Negative ICCs were clipped to 0." if side.get("clip") else ". ICCs are not clipped."))
+    sec.notes.append(f"{layout.icc_per_feature.name} gives ICC(3,1) and ICC(3,k) per feature with 95 % F-based "
+                     "confidence intervals (McGraw & Wong, as pingouin). A feature with no variance between "
+                     "targets but a residual has ICC(3,1) = -1/(k-1) and ICC(3,k) = -inf, and is included.")
     excluded = int(summary["n_excluded"].sum())
     if excluded:
-        sec.notes.append(f"{excluded} feature x group ICCs were excluded as degenerate (no variance between "
-                         f"targets); they are listed in {layout.icc_per_feature.name}.")
+        reasons = "; ".join(f"{n} {why.removeprefix('excluded: ')}" for why, n in record.get("excluded", {}).items())
+        sec.notes.append(f"{excluded} feature x group ICCs were excluded ({reasons or 'see the table'}); "
+                         f"they are listed with the reason in {layout.icc_per_feature.name}.")
     cell = lambda g: f"{g['mean'].mean():.2f} ({100 * g['share_gt_0.75'].mean():.0f}%)"  # noqa: E731
     for view, col, caption in (("scanner", "dose_mgy", "Mean ICC(3,1) across scanners, extractor x dose "
                                                        "(share of features > 0.75)"),
@@ -197,7 +201,8 @@ def icc_section(layout: ResultsLayout) -> Section:
         wide = sub.groupby(["extractor", "recon", col]).apply(cell, include_groups=False).unstack(col)
         wide.columns = [f"{c:g} mGy" if isinstance(c, float) else str(c) for c in wide.columns]
         sec.tables.append((caption, wide.reset_index()))
-    sec.figure(record, "ICC(3,1) per feature, extractors side by side", layout.icc_boxplots)
+    pooled = record.get("boxplot_caption", "Reconstructions pooled: not recorded (re-run the ICC step).")
+    sec.figure(record, f"ICC(3,1) per feature, extractors side by side. {pooled}", layout.icc_boxplots)
     return sec
 
 
@@ -224,40 +229,79 @@ def classify_section(layout: ResultsLayout) -> Section:
     matrix = None if record is None else _read_table(sec, layout.cross_dose_matrix)
     if matrix is None:
         return sec
+    if not {"n", "over", "chance"} <= set(matrix.columns):
+        sec.warnings.append(f"{layout.cross_dose_matrix} was written by an older version (no n / over / chance "
+                            f"columns); re-run `{layout.command('classify')} --force`")
+        return sec
     side = record.get("settings", {})
-    sec.notes.append(f"Classifier: {side.get('classifier', '?')} ({side.get('mlp', '')}; {side.get('epochs', '?')} "
-                     f"fixed epochs, seed {side.get('seed', '?')}). Scaler and constant-feature filter fitted on "
+    model = (f"{side.get('mlp', '')}; {side.get('epochs', '?')} fixed epochs" if side.get("classifier") == "mlp"
+             else "logistic regression")
+    sec.notes.append(f"Classifier: {side.get('classifier', '?')} ({model}, seed {side.get('seed', '?')}). "
+                     "Scaler and constant-feature filter fitted on "
                      "training rows only. Cross-dose: train at one dose, test at each dose on a held-out scanner "
                      "(leave one scanner out; the diagonal is never training accuracy).")
+    draw = side.get("loso_draw", "random")
+    sec.notes.append(f"LOSO-N: {side.get('loso_n', '?')}; training scanners drawn "
+                     + ("at random from the other scanners." if draw == "random" else
+                        "from the other manufacturers first, then the test scanner's own (the study code's variant).")
+                     + f" k-fold-n: {side.get('kfold_n', '?')}, {side.get('n_folds', '?')} folds grouped by "
+                     f"{side.get('kfold_groups', '?')}. Every mean ± sd is over the n units named in its table "
+                     "(`over`, `n`); `chance` is the majority-class share of the test labels (for the six ROIs "
+                     "in four classes: 1/3).")
     diag = matrix[matrix["train_dose"] == matrix["test_dose"]]
     table = (matrix.groupby("extractor", sort=False)
-             .agg(mean_all_cells=("mean", "mean"), folds=("n_folds", "max")).reset_index()
+             .agg(mean_all_cells=("mean", "mean"), n=("n", "max"), over=("over", "first"),
+                  chance=("chance", "mean")).reset_index()
              .merge(diag.groupby("extractor")["mean"].mean().rename("mean_diagonal").reset_index(), on="extractor"))
-    sec.tables.append(("Cross-dose ROI-class accuracy (mean over cells of the dose x dose matrix)", table))
+    sec.tables.append(("Cross-dose ROI-class accuracy (mean over cells of the dose x dose matrix; each cell a mean "
+                       "over n held-out scanners)",
+                       table[["extractor", "mean_all_cells", "mean_diagonal", "over", "n", "chance"]]))
     for name, m in matrix.groupby("extractor", sort=False):
         cells = m.assign(cell=_mean_sd(m["mean"], m["sd"], "{:.2f}"))
         wide = cells.pivot(index="train_dose", columns="test_dose", values="cell")
         wide.columns = [f"test {c:g} mGy" for c in wide.columns]
         wide.index = [f"train {i:g} mGy" for i in wide.index]
-        sec.tables.append((f"{name}: cross-dose accuracy, mean ± sd over {int(m['n_folds'].max())} held-out scanners",
-                           wide.rename_axis("").reset_index()))
-        sec.figure(record, f"{name}: accuracy, train dose (rows) x test dose (columns)", layout.cross_dose_figure(name))
+        about = f"mean ± sd over {int(m['n'].max())} {m['over'].iloc[0]}; chance {m['chance'].mean():.2f}"
+        sec.tables.append((f"{name}: cross-dose accuracy, {about}", wide.rename_axis("").reset_index()))
+        sec.figure(record, f"{name}: accuracy, train dose (rows) x test dose (columns); {about}",
+                   layout.cross_dose_figure(name))
     curves = sec.table(record, layout.curves)
     if curves is not None:
         wide = curves.assign(cell=_mean_sd(curves["mean"], curves["sd"], "{:.2f}")).pivot_table(
             index=["protocol", "extractor"], columns="n_train", values="cell", aggfunc="first")
-        sec.tables.append(("Accuracy by number of training scanners (loso_n) / training folds (kfold_n)",
-                           wide.reset_index()))
+        meta = curves.groupby(["protocol", "extractor"]).agg(over=("over", "first"), n=("n", "max"),
+                                                              chance=("chance", "mean"))
+        sec.tables.append(("Accuracy (mean ± sd over n test scanners or test folds) by number of training scanners "
+                           "N (loso_n) / training folds n (kfold_n)", meta.join(wide).reset_index()))
         for protocol, label in (("loso_n", "leave-one-scanner-out with N training scanners"),
                                 ("kfold_n", "grouped k-fold with n training folds")):
-            sec.figure(record, f"ROI-class accuracy, {label}", layout.curve_figure(protocol))
+            rows = curves[curves["protocol"] == protocol]
+            if len(rows):
+                sec.figure(record, f"ROI-class accuracy, {label}: mean ± sd over {int(rows['n'].max())} "
+                           f"{rows['over'].iloc[0]}; dashed: chance (majority class) {rows['chance'].mean():.2f}",
+                           layout.curve_figure(protocol))
     dose = sec.table(record, layout.dose_class)
     if dose is not None:
-        agg = dose.groupby("extractor", sort=False)["accuracy"].agg(["mean", "std", "count"]).reset_index()
-        agg["accuracy"] = _mean_sd(agg["mean"], agg["std"], "{:.3f}")
-        sec.tables.append(("Dose-level classification, leave one scanner out (mean ± sd over held-out scanners)",
-                           agg[["extractor", "accuracy", "count"]].rename(columns={"count": "folds"})))
+        agg = dose.groupby("extractor", sort=False).agg(mean=("accuracy", "mean"), sd=("accuracy", "std"),
+                                                        n=("accuracy", "size"), chance=("chance", "mean")).reset_index()
+        agg["accuracy"] = _mean_sd(agg["mean"], agg["sd"], "{:.3f}")
+        sec.tables.append(("Dose-level classification, leave one scanner out",
+                           agg.assign(over="held-out scanners")[["extractor", "accuracy", "over", "n", "chance"]]))
     return sec
+
+
+def _lower_triangle(by_scanner: pd.DataFrame, metric: str, fmt: str, recon: str) -> pd.DataFrame:
+    """Tables 3-5 layout of one metric: scanner x scanner, 'mean ± sd' on and below the diagonal."""
+    from ctdose.image_metrics import scanner_matrix
+
+    mean = scanner_matrix(by_scanner, f"{metric}_mean", recon)
+    sd = scanner_matrix(by_scanner, f"{metric}_sd", recon)
+    cells = pd.DataFrame("", index=mean.index, columns=mean.columns)
+    for i, a in enumerate(mean.index):
+        for b in mean.columns[:i + 1]:
+            if np.isfinite(mean.loc[a, b]):
+                cells.loc[a, b] = _mean_sd([mean.loc[a, b]], [sd.loc[a, b]], fmt)[0]
+    return cells.reset_index()
 
 
 def image_metrics_section(layout: ResultsLayout) -> Section:
@@ -267,25 +311,41 @@ def image_metrics_section(layout: ResultsLayout) -> Section:
     if by_dose is None:
         return sec
     side = record.get("settings", {})
-    sec.notes.append(f"Inside the phantom ({side.get('mask', 'body mask')}); SSIM with a {side.get('ssim_window', 7)}-voxel "
-                     f"3-D window, L = {side.get('data_range_hu', 3000):g} HU, C1 = {side.get('c1', 900):g}, "
-                     f"C2 = {side.get('c2', 8100):g} HU^2; PSNR peak {side.get('psnr_peak_hu', 3000):g} HU. "
-                     "Mean ± sd over repetitions.")
-    for metric, fmt in (("ssim", "{:.3f}"), ("rmse_hu", "{:.1f}"), ("psnr_db", "{:.1f}")):
+    clip = side.get("clip_hu", [-1000, 2000])
+    region = {"crop": "the phantom's bounding box, unmasked (the dataset paper's code)",
+              "phantom": "voxels inside the phantom only"}.get(side.get("region"), str(side.get("region")))
+    pooled = ("reconstructions pooled in each cell (the paper)" if side.get("recon_pairing") == "any"
+              else "one cell per reconstruction")
+    sec.notes.append(
+        f"As the dataset paper's code: volumes clipped to [{clip[0]:g}, {clip[1]:g}] HU; RMSE; PSNR with peak "
+        f"{side.get('psnr_peak_hu', 2000):g} HU; 3-D SSIM with a Gaussian window {side.get('ssim_window', 11)} / "
+        f"sigma {side.get('ssim_sigma', 1.5):g}, L = {side.get('data_range_hu', 3000):g} HU, "
+        f"C1 = {side.get('c1', 900):g}, C2 = {side.get('c2', 8100):g} HU^2 (MONAI's PSNRMetric / SSIMMetric). "
+        f"Region: {region}. Pairs: up to {side.get('max_pairs', 5)} per cell, i-th with i-th of two lists "
+        f"shuffled with seed {side.get('seed', 0)}, {pooled}; mean ± sd over the pairs of each cell "
+        "(n in the CSV). Only voxels both series cover are compared (largest share left out of a pair: "
+        f"{100 * float(record.get('uncovered_fraction_max', 0)):.1f} %); a same-scan pair is not resampled.")
+    metrics = (("ssim", "{:.3f}"), ("rmse_hu", "{:.1f}"), ("psnr_db", "{:.2f}"))
+    ref_dose = side.get("reference_dose", 14)
+    for metric, fmt in metrics:
         t = by_dose.assign(cell=_mean_sd(by_dose[f"{metric}_mean"], by_dose[f"{metric}_sd"], fmt))
         wide = t.pivot_table(index=["scanner", "recon"], columns="dose_mgy", values="cell", aggfunc="first")
         wide.columns = [f"{c:g} mGy" for c in wide.columns]
-        sec.tables.append((f"{metric} against the scanner's reference-dose series (Table 6 layout)", wide.reset_index()))
+        shrink = side.get("dose_shrink", 1)
+        sec.tables.append((f"{metric}: each dose against the scanner's {ref_dose:g} mGy series"
+                           + (f", bin-shrunk by {shrink}" if shrink > 1 else "") + " (Table 6 layout)",
+                           wide.reset_index()))
     by_scanner = sec.table(record, layout.image_metrics_scanner)
     if by_scanner is not None:
-        t = by_scanner.copy()
-        for metric, fmt in (("ssim", "{:.3f}"), ("rmse_hu", "{:.1f}"), ("psnr_db", "{:.1f}")):
-            t[metric] = _mean_sd(t[f"{metric}_mean"], t[f"{metric}_sd"], fmt)
-        sec.tables.append(("Each scanner against the reference scanner (Tables 3-5 layout)",
-                           t[["scanner", "reference_scanner", "recon", "dose_mgy", "ssim", "rmse_hu", "psnr_db", "n"]]))
+        for recon in sorted(by_scanner["recon"].astype(str).unique()):
+            for metric, fmt in metrics:
+                sec.tables.append((f"{metric}: scanner pairs at {side.get('scanner_dose', 10):g} mGy, {recon} "
+                                   f"reconstruction (Tables 3-5 layout; diagonal = repeated scans; bin-shrunk by "
+                                   f"{side.get('scanner_shrink', 4)})", _lower_triangle(by_scanner, metric, fmt, recon)))
     for png in sorted(Path(p) for p in record.get("outputs", {}) if Path(p).suffix == ".png" and "ssim" in Path(p).name):
         stem = png.with_suffix("")
-        sec.figure(record, stem.name.replace("_", " "), stem)
+        sec.figure(record, stem.name.replace("_", " ") + f" (up to {side.get('max_pairs', 5)} pairs per cell, "
+                   f"{pooled})", stem)
     return sec
 
 

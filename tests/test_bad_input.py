@@ -268,3 +268,21 @@ def test_a_failed_atomic_write_names_the_output_not_its_temporary_file(tmp_path)
         write_text("x", target)
     assert info.value.filename == str(target)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # nothing half-written left
+
+
+def test_unreadable_catalog_with_a_valid_sidecar_is_named(results):
+    """A catalog that is intact by checksum but not a CSV pandas can read (written so by a bad tool)."""
+    layout = ResultsLayout(results)
+    layout.catalog.write_bytes(b"series_uid,path\n\"unterminated,quote\nx,y,z,w\n\xff\xfe")
+    write_sidecar(layout.catalog, {"data": "x"})
+    with pytest.raises(SystemExit, match=r"^error: .*catalog.csv: unreadable CSV"):
+        run_script("radiomics/extract_radiomics.py", ["--results", str(results), "--workers", "1"])
+
+
+def test_corrupt_label_map_is_named(tmp_path):
+    from ctdose.label_map_io import read_label_map
+
+    path = tmp_path / "mask.nii.gz"
+    path.write_bytes(b"\x1f\x8b\x08 not really gzip")
+    with pytest.raises(ValueError, match=r"mask.nii.gz"):
+        read_label_map(path)

@@ -24,7 +24,7 @@ from ctdose.volume import Volume
 from conftest import load_script
 
 torch.set_num_threads(1)
-LOGREG = ["--classifier", "logreg", "--draws", "1", "--test-folds", "1", "--n-folds", "3"]
+LOGREG = ["--classifier", "logreg", "--n-folds", "3"]
 
 
 def _table(layout: ResultsLayout, name: str, seed: int = 0) -> Path:
@@ -207,10 +207,14 @@ def _transform(layout: ResultsLayout, uid: str, shift_mm: float) -> None:
     write_sidecar(layout.transform(uid), {"series_uid": uid})
 
 
+#: The tiny volumes are smaller than the SSIM window once bin-shrunk by the paper's 4: no shrink.
+_TINY = ("--scanner-shrink", "1")
+
+
 def test_image_metric_cache_follows_the_transforms(tmp_path, capsys):
     layout = ResultsLayout(tmp_path / "results")
     _series(tmp_path, layout)
-    assert _run(capsys, "image_metrics", layout)[0] == 0
+    assert _run(capsys, "image_metrics", layout, *_TINY)[0] == 0
     per_pair = pd.read_csv(layout.image_metrics_series, dtype={"series_uid": str, "reference_uid": str})
     assert sorted(per_pair["comparison"]) == ["vs_dose", "vs_dose", "vs_scanner"]
     caches = {row.series_uid + row.comparison: layout.image_metrics_partial(row.comparison, row.series_uid,
@@ -221,13 +225,13 @@ def test_image_metric_cache_follows_the_transforms(tmp_path, capsys):
         assert len(pd.read_csv(cache)) == 1 and len(record["inputs"]) == 2
     outputs = [layout.image_metrics_dose, layout.image_metrics_series, layout.image_metrics_scanner]
     before, cached = _state(outputs), _state(list(caches.values()))
-    status, out, _ = _run(capsys, "image_metrics", layout)
+    status, out, _ = _run(capsys, "image_metrics", layout, *_TINY)
     assert status == 0 and "up to date" in out and _state(outputs) == before
 
     # B1's 10 mGy series is registered again, wrongly (no shift): its two pairs are measured again
     b1 = per_pair.loc[(per_pair["scanner"] == "B1") & (per_pair["dose_mgy"] == 10), "series_uid"].iloc[0]
     _transform(layout, b1, 0.0)
-    status, out, _ = _run(capsys, "image_metrics", layout)
+    status, out, _ = _run(capsys, "image_metrics", layout, *_TINY)
     assert status == 0 and "2 measured, 1 cached" in out
     again = pd.read_csv(layout.image_metrics_series, dtype={"series_uid": str})
     for key, cache in caches.items():
@@ -241,7 +245,7 @@ def test_image_metric_cache_follows_the_transforms(tmp_path, capsys):
     # a damaged cache sidecar is not trusted: that pair is measured again
     cache = caches[b1 + "vs_dose"]
     sidecar_path(cache).write_text("{")
-    status, out, _ = _run(capsys, "image_metrics", layout, "--force")
+    status, out, _ = _run(capsys, "image_metrics", layout, "--force", *_TINY)
     assert status == 0 and "1 measured, 2 cached" in out and read_sidecar(cache)["n_rows"] == 1
 
 
@@ -250,11 +254,11 @@ def test_image_metrics_refuse_a_damaged_transform_or_catalog(tmp_path, capsys):
     _series(tmp_path, layout)
     uid = pd.read_csv(layout.catalog, dtype={"series_uid": str})["series_uid"].iloc[0]
     layout.transform(uid).write_text(layout.transform(uid).read_text().replace("0 0 0", "1 0 0", 1) + "\n")
-    status, _, err = _run(capsys, "image_metrics", layout)
+    status, _, err = _run(capsys, "image_metrics", layout, *_TINY)
     assert status == 1 and err.count("\n") == 1
     assert err.startswith(f"error: {layout.transform(uid)} changed since it was written; run data/prepare.py")
     layout.catalog.write_text(layout.catalog.read_text().rsplit("\n", 2)[0] + "\n")  # last row cut off
-    status, _, err = _run(capsys, "image_metrics", layout)
+    status, _, err = _run(capsys, "image_metrics", layout, *_TINY)
     assert status == 1 and err.startswith(f"error: {layout.catalog} has 3 rows but its sidecar says 4")
     assert not layout.analysis_dir.exists()
 

@@ -1,7 +1,10 @@
-"""ICC(3,1)/ICC(3,k): agreement with pingouin, constructed cases, views and degenerate features.
+"""ICC(3,1)/ICC(3,k): agreement with pingouin (values and 95 % confidence intervals), constructed cases,
+views, excluded features (constant whatever the value, rater-only) and the boxplots' reconstructions.
 
 Tolerances: an ICC is O(1) and both sides compute it in float64 from the same numbers (other formulas,
 other summation order: ~1e-13 apart), so 1e-9 absolute holds on any CPU with four orders to spare.
+The interval bounds are the same O(1) maps of F through scipy's F quantiles (both sides call
+scipy.stats.f.ppf with the same arguments), so the same 1e-9 holds for them.
 """
 
 import numpy as np
@@ -11,14 +14,24 @@ import pytest
 
 from ctdose.features import FeatureTable
 from ctdose.layout import IDENTITY_COLUMNS
-from ctdose.stats.icc import ICCSettings, icc3, icc_views, summarize_icc
+from ctdose.plots import icc_boxplot_figure
+from ctdose.stats.icc import (EXCLUDED_CONSTANT, EXCLUDED_RATERS_ONLY, ICCSettings, icc3, icc3_components,
+                              icc_views, summarize_icc)
 
 
-def _pingouin_icc3(matrix: np.ndarray) -> tuple[float, float]:
+def _pingouin_table(matrix: np.ndarray) -> pd.DataFrame:
+    """pingouin's ICC table of one (targets, raters) matrix, indexed by Type, CI95 unrounded."""
     n, k = matrix.shape
     long = pd.DataFrame({"target": np.repeat(np.arange(n), k), "rater": np.tile(np.arange(k), n),
                          "score": matrix.ravel()})
-    res = pg.intraclass_corr(long, targets="target", raters="rater", ratings="score").set_index("Type")
+    with np.errstate(divide="ignore", invalid="ignore"), pytest.MonkeyPatch.context() as mp:
+        mp.setitem(pg.options, "round.column.CI95", None)  # pingouin rounds CI95 to 2 decimals by default
+        res = pg.intraclass_corr(long, targets="target", raters="rater", ratings="score")
+    return res.set_index("Type")
+
+
+def _pingouin_icc3(matrix: np.ndarray) -> tuple[float, float]:
+    res = _pingouin_table(matrix)
     return float(res.loc["ICC(C,1)", "ICC"]), float(res.loc["ICC(C,k)", "ICC"])
 
 
@@ -52,8 +65,99 @@ def test_constructed_stable_and_noise():
 def test_degenerate_feature_is_an_error_naming_it():
     data = np.random.default_rng(1).normal(size=(2, 6, 3))
     data[1] = 7.0
-    with pytest.raises(ValueError, match="flat_feature"):
+    with pytest.raises(ValueError, match=r"flat_feature \(constant"):
         icc3(data, feature_names=["good", "flat_feature"])
+
+
+@pytest.mark.parametrize("value", [0.1, 4.2, -3.3, 1e6 + 0.1, 7.0, 0.0])
+def test_constant_feature_is_excluded_whatever_its_value(value):
+    # Centring 0.1 (not exact in binary) on its floating mean leaves equal rounding residuals that read as
+    # ICC = 1 with a naive ANOVA. The reference is the definition: a constant has MSR = MSE = 0, ICC = 0/0.
+    # pingouin, fed an exact 7.0, returns NaN for it; fed 0.1 it returns its own rounding (-0.5), so
+    # it cannot be the reference here, and the value must not decide the outcome.
+    assert np.isnan(_pingouin_icc3(np.full((6, 3), 7.0))[0])
+    rng = np.random.default_rng(4)
+    data = np.stack([rng.normal(size=(6, 3)), np.full((6, 3), value)])
+    with pytest.raises(ValueError, match=r"const \(constant"):
+        icc3(data, feature_names=["good", "const"])
+    res = icc3_components(data)
+    assert res.status.tolist() == ["ok", EXCLUDED_CONSTANT]
+    assert np.isnan(res.icc3_1[1]) and np.isnan(res.icc3_k_ci_high[1])
+    # through a feature table: repetitions averaged, so the cell means are sums of 0.1s divided again
+    table = _synthetic_table(n_scanners=2, n_rep=3, seed=6)
+    table.X[:, 2] = value
+    per = icc_views(table, ICCSettings())
+    const = per[per["feature"] == "demo_const"]
+    assert (const["status"] == EXCLUDED_CONSTANT).all() and const["icc3_1"].isna().all()
+    std = icc_views(table, ICCSettings(standardize="per_rater"))  # rounding-level sd is not divided by
+    assert (std.loc[std["feature"] == "demo_const", "status"] == EXCLUDED_CONSTANT).all()
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_no_spread_between_targets_with_error_is_defined(k):
+    # every target sees the same k values in another order (a Latin square): target means are equal,
+    # the residual is not, so ICC(3,1) = -1/(k-1) and ICC(3,k) = 1 - 1/F = -inf (F = 0), as pingouin says
+    base = 4.2 + 0.1 * np.arange(k)
+    matrix = np.stack([np.roll(base, t) for t in range(2 * k)])
+    ref1, refk = _pingouin_icc3(matrix)
+    # pingouin's MSR is rounding-level (~1e-30), not 0, so its ICC(3,k) is a huge negative number
+    assert ref1 == pytest.approx(-1 / (k - 1), abs=1e-9) and refk < -1e12
+    res = icc3_components(matrix)
+    assert res.status.tolist() == ["ok"]
+    assert res.icc3_1[0] == pytest.approx(ref1, abs=1e-9) and res.icc3_k[0] == -np.inf
+    ci = _pingouin_table(matrix).loc["ICC(C,1)", "CI95"]
+    assert [res.icc3_1_ci_low[0], res.icc3_1_ci_high[0]] == pytest.approx(list(ci), abs=1e-9)
+    per = icc_views(_table_from_matrix(matrix), ICCSettings(), views=("dose",))
+    assert per["status"].item() == "ok" and per["icc3_1"].item() == pytest.approx(-1 / (k - 1), abs=1e-9)
+
+
+def test_feature_varying_only_between_raters_is_excluded_with_its_reason():
+    matrix = np.tile(0.1 * np.arange(1, 5), (8, 1))  # each rater (dose) its own value, every target alike
+    res = icc3_components(matrix)
+    assert res.status.tolist() == [EXCLUDED_RATERS_ONLY] and np.isnan(res.icc3_k[0])
+    with pytest.raises(ValueError, match="varies only between raters"):
+        icc3(matrix)
+
+
+def test_confidence_intervals_match_pingouin():
+    rng = np.random.default_rng(11)
+    f, n, k = 4, 18, 5
+    data = rng.normal(size=(f, n, 1)) * np.array([0.3, 1.0, 2.0, 5.0])[:, None, None] + rng.normal(size=(f, n, k))
+    res = icc3_components(data)
+    for i in range(f):
+        ref = _pingouin_table(data[i])
+        for kind, prefix in (("ICC(C,1)", "icc3_1"), ("ICC(C,k)", "icc3_k")):
+            low, high = ref.loc[kind, "CI95"]
+            assert getattr(res, f"{prefix}_ci_low")[i] == pytest.approx(low, abs=1e-9)
+            assert getattr(res, f"{prefix}_ci_high")[i] == pytest.approx(high, abs=1e-9)
+            assert low < getattr(res, prefix)[i] < high
+    per = icc_views(_synthetic_table(seed=8), ICCSettings(clip=True))
+    ok = per[per["status"] == "ok"]
+    assert (ok[["icc3_1_ci_low", "icc3_1_ci_high", "icc3_k_ci_low", "icc3_k_ci_high"]] >= 0).all().all()
+    assert (ok["icc3_1_ci_low"] <= ok["icc3_1"]).all() and (ok["icc3_1"] <= ok["icc3_1_ci_high"]).all()
+
+
+def _figure_texts(fig) -> str:
+    from matplotlib.text import Text
+
+    return "\n".join(t.get_text() for t in fig.findobj(Text))
+
+
+def test_boxplots_name_the_reconstructions_they_pool():
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(12)
+    fbp, ir = rng.normal(size=(30, 4)), rng.normal(size=(30, 4))
+    table = _table_from_matrix(np.concatenate([fbp, ir]), recons=["FBP"] * 30 + ["IR"] * 30)
+    fig, caption = icc_boxplot_figure(icc_views(table, ICCSettings(recon="each")))
+    texts = _figure_texts(fig)
+    plt.close(fig)
+    assert "FBP, IR" in caption and "pool" in caption and caption in texts  # the figure's own title
+    assert "doses\nFBP" in texts and "doses\nIR" in texts  # panel 3 shows each apart
+    fig, caption = icc_boxplot_figure(icc_views(table, ICCSettings(recon="average")))
+    texts = _figure_texts(fig)
+    plt.close(fig)
+    assert "averaged before the ICC: FBP+IR" in caption and caption in texts
 
 
 def _synthetic_table(n_scanners=3, doses=(1.0, 3.0, 14.0), n_patch=3, n_rep=2, seed=0):

@@ -75,7 +75,7 @@ def pipeline(tiny_twin, tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     out["icc"] = _run("analyze/icc.py", "--results", results)
     out["umap"] = _run("analyze/umap_plots.py", "--results", results, "--epochs", "50", "--n-neighbors", "5")
     out["classify"] = _run("analyze/classify.py", "--results", results, "--classifier", "logreg",
-                           "--draws", "1", "--test-folds", "1", "--n-folds", "4")
+                           "--n-folds", "4")
     out["image_metrics"] = _run("analyze/image_metrics.py", "--results", results, "--workers", "1")
     out["report"] = _run_process("analyze/report.py", "--results", results)
     return twin, results, out

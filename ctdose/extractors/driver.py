@@ -32,6 +32,7 @@ import SimpleITK as sitk
 
 from ctdose.atomic import write_csv
 from ctdose.centers import roi_short_of
+from ctdose.csv_io import read_csv
 from ctdose.layout import IDENTITY_COLUMNS, QC_COLUMNS, TEXT_DTYPES, ResultsLayout, feature_columns
 from ctdose.patches import PATCH_SIZE_XYZ, PATCH_SPACING_XYZ
 from ctdose.provenance import is_current, verify, write_sidecar
@@ -266,7 +267,7 @@ def merge_partials(jobs: Sequence[SeriesJob]) -> pd.DataFrame:
     for job in jobs:
         path = Path(job.partial_path)
         verify(path, "the extractor again (it recomputes missing or damaged series)")
-        frame = pd.read_csv(path, dtype=TEXT_DTYPES)
+        frame = read_csv(path, dtype=TEXT_DTYPES)
         if not (frame["series_uid"] == job.series_uid).all():
             raise ValueError(f"partial table {path} holds rows of another series than {job.series_uid}")
         roi_order = {roi: n for n, roi in enumerate(dict.fromkeys(job.centers["roi"]))}

@@ -4,7 +4,8 @@ Every protocol is a generator of :class:`Split` (row indices into one feature ta
 check the indices directly, and one runner (:func:`run_splits`) fits a fresh classifier pipeline per
 split. The pipeline (:func:`make_pipeline`) holds the feature filter (drop features constant in the
 training rows) and the ``StandardScaler`` before the classifier, so both are fitted on training rows
-only.
+only. Every scored test set also records its chance level (:func:`chance_level`: the share of its
+majority class, e.g. 1/3 for the six phantom ROIs in four classes).
 
 Protocols
 ---------
@@ -12,19 +13,24 @@ Protocols
   held-out scanner and every training dose A, one model is trained on all other scanners at dose A
   and tested on the held-out scanner at every dose B: no cell, the A == B diagonal included,
   tests on a scanner seen in training.
-* :func:`loso_n_splits` (dataset paper, Algorithm 1): a held-out scanner and N other training
-  scanners (N = 1 .. n_scanners - 1), drawn at random ``draws`` times per N (seeded), all doses.
-* :func:`kfold_n_splits` (Algorithm 2): rows split into 10 folds grouped by series (all patches of
-  one series in one fold); for a test fold, train on n of the other folds (n = 1..9, first n of a
-  seeded permutation). Scanners are shared between training and test here: it is the optimistic
-  random-split estimate that the paper contrasts with leave-one-scanner-out.
+* :func:`loso_n_splits` (dataset paper, Algorithm 1): every scanner is the test scanner in turn; for
+  N = 1 .. S-1 one model is trained on N scanners drawn (seeded) from the other S-1, all doses:
+  S x (S-1) splits, averaged over the S test scanners. ``draw="other-manufacturer-first"`` is the
+  study code's variant: the N training scanners are drawn from the other manufacturers first, then
+  from the test scanner's own manufacturer.
+* :func:`kfold_n_splits` (Algorithm 2): rows dealt into 10 folds grouped by acquisition
+  (:func:`acquisition_groups`: scanner, dose, repetition), so the FBP / IR / DL series of one scan
+  and all its patches stay in one fold; every fold is the test fold in turn, trained on n = 1..9 of
+  the other folds (the first n of a seeded permutation). Scanners are shared between training and
+  test here: it is the optimistic random-split estimate the paper contrasts with Algorithm 1.
 * :func:`dose_splits`: dose-level classification, leave one scanner out (groups = scanner): a test
   series' scanner is never in training. ROIs cannot be held out as well (every scanner images the
   same six ROIs and every class must be in training), so ROI identity is shared by design.
 
 :func:`classify_extractor` runs every protocol the table allows for one extractor under
-:class:`ClassifySettings`; :func:`summarize` turns the per-fold results of all extractors into the
-tables the analysis step writes (per fold, accuracy matrices, curves).
+:class:`ClassifySettings`; :func:`summarize` turns the per-split results of all extractors into the
+tables the analysis step writes (per split, accuracy matrices, curves), each mean with its sd, what
+it is taken over (``over``), how many (``n``) and the chance level (``chance``).
 """
 
 from __future__ import annotations
@@ -44,8 +50,16 @@ from ctdose.features import FeatureTable
 from ctdose.stats.mlp import MLPClassifier
 
 CLASSIFIERS: tuple[str, ...] = ("mlp", "logreg")
+#: How LOSO-N draws its N training scanners: the dataset paper's Algorithm 1 (uniformly from the
+#: other scanners) or the study code's (other manufacturers first, then the test scanner's own).
+LOSO_DRAWS: tuple[str, ...] = ("random", "other-manufacturer-first")
 #: Protocols in the order they are run and reported.
 PROTOCOLS: tuple[str, ...] = ("cross_dose", "loso_n", "kfold_n", "dose_level")
+#: What each protocol's mean and sd are taken over (one accuracy per such unit).
+OVER: dict[str, str] = {"cross_dose": "held-out scanners", "loso_n": "test scanners (held out)",
+                        "kfold_n": "test folds", "dose_level": "held-out scanners"}
+#: Columns that identify one acquisition: its reconstructions and patches never straddle train and test.
+ACQUISITION_COLUMNS: tuple[str, ...] = ("scanner", "dose_mgy", "repetition")
 
 
 @dataclass
@@ -68,6 +82,12 @@ def make_pipeline(classifier: str = "mlp", seed: int = 0, epochs: int = 100) -> 
     return Pipeline([("drop_constant", VarianceThreshold(0.0)), ("scale", StandardScaler()), ("clf", clf)])
 
 
+def chance_level(labels: np.ndarray) -> float:
+    """Accuracy of always predicting the majority class of ``labels`` (its share among them)."""
+    _, counts = np.unique(np.asarray(labels), return_counts=True)
+    return float(counts.max() / counts.sum())
+
+
 def cross_dose_splits(scanner: np.ndarray, dose: np.ndarray) -> Iterator[Split]:
     """Leave-one-scanner-out x training dose; tests keyed by test dose (see module docstring)."""
     scanner, dose = np.asarray(scanner), np.asarray(dose, dtype=float)
@@ -82,36 +102,69 @@ def cross_dose_splits(scanner: np.ndarray, dose: np.ndarray) -> Iterator[Split]:
                 yield Split(train, tests, {"fold": held_out, "train_dose": a})
 
 
-def loso_n_splits(scanner: np.ndarray, draws: int = 3, seed: int = 0) -> Iterator[Split]:
-    """For N = 1 .. n_scanners-1 and each draw: a random held-out scanner and N random training scanners."""
+def loso_n_splits(scanner: np.ndarray, manufacturer: np.ndarray | None = None, seed: int = 0,
+                  draw: str = "random") -> Iterator[Split]:
+    """Algorithm 1: each scanner as the test scanner x N = 1..S-1 training scanners drawn from the others.
+
+    ``scanner``, ``manufacturer``: (rows,) labels; ``draw``: one of :data:`LOSO_DRAWS`
+    ('other-manufacturer-first' needs ``manufacturer``). Draws are seeded by ``seed`` only: the same
+    seed gives the same S x (S-1) splits.
+    """
+    if draw not in LOSO_DRAWS:
+        raise ValueError(f"unknown LOSO-N draw {draw!r}; expected one of {', '.join(LOSO_DRAWS)}")
     scanner = np.asarray(scanner)
     names = np.unique(scanner)
+    maker: dict[str, str] = {}
+    if draw == "other-manufacturer-first":
+        if manufacturer is None:
+            raise ValueError("LOSO-N draw 'other-manufacturer-first' needs the manufacturer of each row")
+        pairs = pd.DataFrame({"s": scanner, "m": np.asarray(manufacturer)}).drop_duplicates()
+        several = pairs["s"][pairs["s"].duplicated()]
+        if len(several):
+            raise ValueError(f"scanner {several.iloc[0]} has rows with more than one manufacturer")
+        maker = dict(zip(pairs["s"], pairs["m"]))
     rng = np.random.default_rng(seed)
-    for n_train in range(1, len(names)):
-        for draw in range(draws):
-            perm = rng.permutation(names)
-            held_out, training = perm[0], perm[1:1 + n_train]
+    for held_out in names:
+        others = names[names != held_out]
+        for n_train in range(1, len(names)):
+            if draw == "random":
+                training = rng.choice(others, n_train, replace=False)
+            else:
+                other_maker = np.array([maker[s] != maker[held_out] for s in others])
+                order = np.concatenate([rng.permutation(others[other_maker]), rng.permutation(others[~other_maker])])
+                training = order[:n_train]
             yield Split(np.flatnonzero(np.isin(scanner, training)),
                         {"test": np.flatnonzero(scanner == held_out)},
-                        {"n_train": n_train, "draw": draw, "fold": held_out,
-                         "train_scanners": " ".join(sorted(training))})
+                        {"n_train": n_train, "fold": held_out, "train_scanners": " ".join(sorted(training))})
+
+
+def acquisition_groups(ident: pd.DataFrame) -> np.ndarray:
+    """One label per row naming its acquisition (scanner, dose, repetition): (rows,) str.
+
+    The reconstructions of one scan share its raw data, and its patches share its noise: grouping by
+    acquisition keeps them on one side of a split.
+    """
+    missing = [c for c in ACQUISITION_COLUMNS if c not in ident.columns]
+    if missing:
+        raise ValueError(f"feature table lacks the acquisition column(s) {', '.join(missing)}")
+    return (ident["scanner"].astype(str) + "|" + ident["dose_mgy"].map("{:g}".format) + "|"
+            + ident["repetition"].astype(str)).to_numpy()
 
 
 def group_folds(groups: np.ndarray, n_folds: int = 10, seed: int = 0) -> np.ndarray:
     """Fold number (rows,) with all rows of a group in one fold; groups dealt to folds at random (seeded)."""
     uniq, inverse = np.unique(np.asarray(groups), return_inverse=True)
     if len(uniq) < n_folds:
-        raise ValueError(f"{len(uniq)} groups cannot fill {n_folds} folds")
+        raise ValueError(f"{len(uniq)} acquisitions cannot fill {n_folds} folds")
     fold_of_group = np.random.default_rng(seed).permutation(len(uniq)) % n_folds
     return fold_of_group[inverse]
 
 
-def kfold_n_splits(groups: np.ndarray, n_folds: int = 10, test_folds: int | None = 3,
-                   seed: int = 0) -> Iterator[Split]:
-    """Test fold f (the first ``test_folds`` of them, all when None) x n = 1..n_folds-1 training folds."""
+def kfold_n_splits(groups: np.ndarray, n_folds: int = 10, seed: int = 0) -> Iterator[Split]:
+    """Algorithm 2: every fold as the test fold x n = 1..n_folds-1 training folds (grouped by ``groups``)."""
     folds = group_folds(groups, n_folds, seed)
     rng = np.random.default_rng(seed + 1)
-    for f in range(n_folds if test_folds is None else min(test_folds, n_folds)):
+    for f in range(n_folds):
         others = rng.permutation([g for g in range(n_folds) if g != f])
         for n_train in range(1, n_folds):
             yield Split(np.flatnonzero(np.isin(folds, others[:n_train])), {"test": np.flatnonzero(folds == f)},
@@ -131,7 +184,8 @@ def run_splits(X: np.ndarray, y: np.ndarray, splits: Iterator[Split],
     """Fit a fresh model per split on its training rows and score every test set.
 
     Returns one row per (split, test set): the split's labels, ``test`` (test-set key), accuracy,
-    n_train_rows, n_test_rows. A split whose training rows hold a single class is an error (no classifier).
+    chance (:func:`chance_level` of the test labels), n_train_rows, n_test_rows. A split whose
+    training rows hold a single class is an error (no classifier).
     """
     X, y = np.asarray(X), np.asarray(y)
     rows = []
@@ -142,24 +196,48 @@ def run_splits(X: np.ndarray, y: np.ndarray, splits: Iterator[Split],
         model = make_model().fit(X[split.train], y[split.train])
         for key, test in split.tests.items():
             acc = float(np.mean(model.predict(X[test]) == y[test]))
-            rows.append({**split.labels, "test": key, "accuracy": acc,
+            rows.append({**split.labels, "test": key, "accuracy": acc, "chance": chance_level(y[test]),
                          "n_train_rows": int(split.train.size), "n_test_rows": int(test.size)})
     return pd.DataFrame(rows)
 
 
+def _sd(values: pd.Series) -> float:
+    """Sample sd (ddof 1); NaN for a single value."""
+    return float(np.std(values, ddof=1)) if len(values) > 1 else np.nan
+
+
+def summarize_by(results: pd.DataFrame, keys: list[str], over: str) -> pd.DataFrame:
+    """Mean, sd (ddof 1), n of accuracy and mean chance per ``keys``, with the unit they are over.
+
+    Each row of ``results`` is one accuracy (one split's test set); ``over`` names what those rows
+    are (e.g. 'held-out scanners') and lands in the ``over`` column.
+    """
+    out = (results.groupby(keys, sort=True)
+           .agg(mean=("accuracy", "mean"), sd=("accuracy", _sd), n=("accuracy", "size"),
+                chance=("chance", "mean")).reset_index())
+    return out.assign(over=over)
+
+
+def cross_dose_cells(results: pd.DataFrame) -> pd.DataFrame:
+    """Cross-dose results per (train_dose, test_dose) cell: :func:`summarize_by` over held-out scanners."""
+    return summarize_by(results.assign(test_dose=results["test"].astype(float)), ["train_dose", "test_dose"],
+                        OVER["cross_dose"])
+
+
+def matrix_of(cells: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(mean, sd) of :func:`cross_dose_cells` as matrices: rows = training dose, columns = test dose (mGy)."""
+    return (cells.pivot(index="train_dose", columns="test_dose", values="mean"),
+            cells.pivot(index="train_dose", columns="test_dose", values="sd"))
+
+
 def accuracy_matrix(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Mean and sd over folds of cross-dose accuracy: rows = training dose, columns = test dose (mGy)."""
-    res = results.assign(test_dose=results["test"].astype(float))
-    mean = res.pivot_table(index="train_dose", columns="test_dose", values="accuracy", aggfunc="mean")
-    sd = res.pivot_table(index="train_dose", columns="test_dose", values="accuracy",
-                         aggfunc=lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else np.nan)
-    return mean, sd
+    """Mean and sd over held-out scanners of cross-dose accuracy: rows = training dose, columns = test dose (mGy)."""
+    return matrix_of(cross_dose_cells(results))
 
 
-def curve(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean, sd and count of accuracy per number of training scanners / folds (``n_train``)."""
-    return (results.groupby("n_train")["accuracy"].agg(["mean", "std", "count"])
-            .rename(columns={"std": "sd", "count": "n"}).reset_index())
+def curve(results: pd.DataFrame, over: str = OVER["loso_n"]) -> pd.DataFrame:
+    """Mean, sd, n, chance and ``over`` of accuracy per number of training scanners / folds (``n_train``)."""
+    return summarize_by(results, ["n_train"], over)
 
 
 @dataclass(frozen=True)
@@ -167,26 +245,26 @@ class ClassifySettings:
     """What the classification results depend on (recorded in the output sidecar).
 
     classifier: 'mlp' (100-60-30 GELU, dropout 0.2, fixed ``epochs``) or 'logreg'; seed: the
-    classifier's and every random draw's; draws: draws per N training scanners (LOSO-N);
-    n_folds, test_folds: the grouped k-fold-n protocol (capped at the number of series);
-    recons: reconstructions used (empty: all).
+    classifier's and every random draw's; loso_draw: how LOSO-N draws its training scanners (one of
+    :data:`LOSO_DRAWS`); n_folds: folds of Algorithm 2, grouped by acquisition (capped at the number
+    of acquisitions); recons: reconstructions used (empty: all).
     """
 
     classifier: str = "mlp"
     epochs: int = 100
     seed: int = 0
-    draws: int = 2
+    loso_draw: str = "random"
     n_folds: int = 10
-    test_folds: int = 2
     recons: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.classifier not in CLASSIFIERS:
             raise ValueError(f"unknown classifier {self.classifier!r}; "
                              f"expected one of {', '.join(CLASSIFIERS)}")
-        for key in ("epochs", "draws", "test_folds"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"classification setting {key}={getattr(self, key)}; must be >= 1")
+        if self.loso_draw not in LOSO_DRAWS:
+            raise ValueError(f"unknown LOSO-N draw {self.loso_draw!r}; expected one of {', '.join(LOSO_DRAWS)}")
+        if self.epochs < 1:
+            raise ValueError(f"classification setting epochs={self.epochs}; must be >= 1")
         if self.n_folds < 2:
             raise ValueError(f"classification setting n_folds={self.n_folds}; must be >= 2")
         object.__setattr__(self, "recons", tuple(self.recons))
@@ -194,14 +272,19 @@ class ClassifySettings:
     def as_dict(self) -> dict:
         return {**asdict(self), "recons": list(self.recons),
                 "mlp": "hidden 100-60-30, GELU, dropout 0.2, Adam lr 1e-3, weight decay 1e-4, full batch",
-                "kfold_groups": "series_uid", "dose_level_groups": "scanner (leave one scanner out)"}
+                "loso_n": "dataset paper Algorithm 1: every scanner as test scanner, N = 1..S-1 training "
+                          "scanners drawn from the others (seeded)",
+                "kfold_n": "dataset paper Algorithm 2: every fold as test fold, n = 1..k-1 training folds",
+                "kfold_groups": "acquisition (" + ", ".join(ACQUISITION_COLUMNS) + ")",
+                "dose_level_groups": "scanner (leave one scanner out)",
+                "chance": "majority-class share of the test labels"}
 
 
 def classify_extractor(table: FeatureTable, settings: ClassifySettings) -> dict[str, pd.DataFrame]:
-    """Every protocol the table allows, per fold: {protocol: rows of :func:`run_splits` + ``extractor``}.
+    """Every protocol the table allows, per split: {protocol: rows of :func:`run_splits` + ``extractor``}.
 
     Cross-dose, LOSO-N and dose level need two scanners (dose level also two doses); k-fold-n needs
-    two series. Absent protocols are absent keys.
+    two acquisitions. Absent protocols are absent keys.
     """
     if settings.recons:
         table = table.subset(table.ident["recon"].isin(settings.recons).to_numpy())
@@ -219,15 +302,16 @@ def classify_extractor(table: FeatureTable, settings: ClassifySettings) -> dict[
     out: dict[str, pd.DataFrame] = {}
     if np.unique(scanner).size >= 2:
         out["cross_dose"] = run_splits(X, y_roi, cross_dose_splits(scanner, y_dose), make, bar("cross-dose"))
-        out["loso_n"] = run_splits(X, y_roi, loso_n_splits(scanner, settings.draws, settings.seed), make,
-                                   bar("LOSO-N"))
+        loso = loso_n_splits(scanner, ident["manufacturer"].to_numpy(), settings.seed, settings.loso_draw)
+        out["loso_n"] = run_splits(X, y_roi, loso, make, bar("LOSO-N"))
         if np.unique(y_dose).size >= 2:
             out["dose_level"] = run_splits(X, y_dose.astype(str), dose_splits(scanner), make,
                                            bar("dose level"))
-    n_folds = min(settings.n_folds, ident["series_uid"].nunique())
+    groups = acquisition_groups(ident)
+    n_folds = min(settings.n_folds, np.unique(groups).size)
     if n_folds >= 2:
-        splits = kfold_n_splits(ident["series_uid"].to_numpy(), n_folds, settings.test_folds, settings.seed)
-        out["kfold_n"] = run_splits(X, y_roi, splits, make, bar("k-fold-n"))
+        out["kfold_n"] = run_splits(X, y_roi, kfold_n_splits(groups, n_folds, settings.seed), make,
+                                    bar("k-fold-n"))
     return {k: v.assign(extractor=table.name) for k, v in out.items()}
 
 
@@ -250,10 +334,12 @@ def classify_job(job: tuple[FeatureTable, ClassifySettings, int]) -> dict[str, p
 class ClassifySummary:
     """The tables of the classification step (long format, an ``extractor`` column in each).
 
-    per_protocol: per-fold rows keyed by protocol (empty frame when no extractor allowed it);
+    per_protocol: per-split rows keyed by protocol (empty frame when no extractor allowed it);
     matrices: {extractor: (mean, sd)} train dose (rows) x test dose (columns); matrix: the same,
-    long (train_dose, test_dose, mean, sd, extractor, n_folds); curves: {protocol: {extractor: curve}}
-    for loso_n / kfold_n, and curve_table: those curves long with a ``protocol`` column.
+    long (train_dose, test_dose, mean, sd, n, chance, over, extractor); curves: {protocol:
+    {extractor: curve}} for loso_n / kfold_n, and curve_table: those curves long with a ``protocol``
+    column. Every mean comes with its sd (ddof 1), ``n`` and ``over`` (what the n accuracies are) and
+    ``chance`` (majority-class share of the test labels, averaged over the same n).
     """
 
     per_protocol: dict[str, pd.DataFrame]
@@ -264,7 +350,7 @@ class ClassifySummary:
 
     @property
     def folds_table(self) -> pd.DataFrame:
-        """Per-fold rows of the two curve protocols, with a ``protocol`` column."""
+        """Per-split rows of the two curve protocols, with a ``protocol`` column."""
         return pd.concat([self.per_protocol[p].assign(protocol=p) for p in ("loso_n", "kfold_n")],
                          ignore_index=True)
 
@@ -279,16 +365,15 @@ def summarize(results: dict[str, dict[str, pd.DataFrame]]) -> ClassifySummary:
     cross = per_protocol["cross_dose"]
     if not cross.empty:
         for name, res in cross.groupby("extractor", sort=False):
-            mean, sd = accuracy_matrix(res)
-            matrices[name] = (mean, sd)
-            cells = mean.stack().rename("mean").to_frame().join(sd.stack().rename("sd")).reset_index()
-            long.append(cells.assign(extractor=name, n_folds=res["fold"].nunique()))
+            cells = cross_dose_cells(res)
+            matrices[name] = matrix_of(cells)
+            long.append(cells.assign(extractor=name))
     curves, curve_rows = {}, []
     for protocol in ("loso_n", "kfold_n"):
         res = per_protocol[protocol]
         if res.empty:
             continue
-        curves[protocol] = {name: curve(r) for name, r in res.groupby("extractor", sort=False)}
+        curves[protocol] = {name: curve(r, OVER[protocol]) for name, r in res.groupby("extractor", sort=False)}
         curve_rows += [c.assign(extractor=name, protocol=protocol) for name, c in curves[protocol].items()]
     matrix = pd.concat(long, ignore_index=True) if long else pd.DataFrame()
     curve_table = pd.concat(curve_rows, ignore_index=True) if curve_rows else pd.DataFrame()

@@ -2,17 +2,22 @@
 
 Shrout & Fleiss ICC(3,1) = (MSR - MSE) / (MSR + (k - 1) MSE) and ICC(3,k) = (MSR - MSE) / MSR, from the
 two-way ANOVA of a (targets x raters) matrix without replication (McGraw & Wong ICC(C,1), ICC(C,k);
-pingouin's ``ICC3`` / ``ICC3k``). All features of an extractor are computed at once from an array
-shaped ``(features, targets, raters)``.
+pingouin's ``ICC3`` / ``ICC3k``), with their F-based confidence intervals (McGraw & Wong 1996, Table 7,
+case 3; pingouin's ``CI95``). All features of an extractor are computed at once from an array shaped
+``(features, targets, raters)``.
 
 Two views of a feature table (see :func:`icc_views`):
 
 * ``dose``: within each scanner (and reconstruction), targets = ROI patches (roi, patch), raters = dose.
 * ``scanner``: at each dose (and reconstruction), targets = ROI patches, raters = scanner.
 
-Degenerate features (no variance between targets, so the ICC is undefined) are never returned as
-NaN: :func:`icc3` raises ``ValueError`` naming them, and :func:`icc_views` lists them in the table
-with ``status = "excluded: ..."`` and counts them in the summary.
+Features whose ICC is undefined are never returned as a silent NaN: :func:`icc3` raises ``ValueError``
+naming them, and :func:`icc_views` lists them with ``status = "excluded: <reason>"`` and counts them in
+the summary. Two reasons: the feature is constant in the group (every value equal, whatever the value:
+centring 0.1 on its floating mean leaves equal rounding residuals that would read as ICC = 1), or it
+varies only between raters (no variance between targets and no residual: ICC = 0/0). A feature with no
+variance between targets but a non-zero residual has the defined ICC(3,1) = -1/(k-1) (and ICC(3,k) =
+-inf, the limit of 1 - 1/F as F -> 0) and is reported as such.
 """
 
 from __future__ import annotations
@@ -22,13 +27,27 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from ctdose.features import FeatureTable
 
-#: Relative tolerance under which a mean square counts as zero (floating-point noise).
-_ZERO_TOL = 1e-12
+#: Relative size, against the largest |value| of the feature in the group, under which a spread (or the
+#: root of a mean square) is float64 rounding, not signal. Centring and averaging leave residuals of a
+#: few eps x |value| (eps = 2.2e-16; numpy's pairwise sums keep it below ~1e-14 |value| for the
+#: thousands of values of a group), while features computed from CT images (integer HU, float32
+#: networks: 6e-8 relative resolution) that differ at all differ by far more: 1e-12 sits two orders
+#: above the rounding and four below the coarsest real difference.
+REL_TOL = 1e-12
+#: Confidence level of the F-based intervals (95 %, as pingouin's ``CI95``).
+CI_LEVEL = 0.95
+STATUS_OK = "ok"
+EXCLUDED_CONSTANT = "excluded: constant (every value equal)"
+EXCLUDED_RATERS_ONLY = "excluded: varies only between raters (no variance between targets, no residual: ICC 0/0)"
 #: Target identity: one physical location in the phantom, the same in every series.
 TARGET_COLUMNS: tuple[str, ...] = ("roi", "patch")
+#: ICC value and confidence-interval columns of the per-feature table.
+ICC_COLUMNS: tuple[str, ...] = ("icc3_1", "icc3_1_ci_low", "icc3_1_ci_high", "icc3_k", "icc3_k_ci_low",
+                                "icc3_k_ci_high")
 
 
 @dataclass(frozen=True)
@@ -63,11 +82,45 @@ class ICCSettings:
         return asdict(self)
 
 
-def icc3_components(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """ICC(3,1), ICC(3,k) and a degenerate flag per feature for ``data`` (features, targets, raters).
+@dataclass(frozen=True)
+class ICCResult:
+    """ICC(3,1), ICC(3,k) and their confidence intervals per feature, each shape (features,).
 
-    Entries flagged degenerate (between-target mean square zero up to rounding) hold NaN; callers
-    must not pass them on silently (see :func:`icc3`).
+    ``status`` holds :data:`STATUS_OK` or the reason the feature is excluded; the values of an excluded
+    feature are NaN and must not be passed on (see :func:`icc3`).
+    """
+
+    icc3_1: np.ndarray
+    icc3_1_ci_low: np.ndarray
+    icc3_1_ci_high: np.ndarray
+    icc3_k: np.ndarray
+    icc3_k_ci_low: np.ndarray
+    icc3_k_ci_high: np.ndarray
+    status: np.ndarray
+
+    @property
+    def excluded(self) -> np.ndarray:
+        return self.status != STATUS_OK
+
+    def clipped(self) -> "ICCResult":
+        """The same result with every ICC and interval bound below 0 set to 0 (NaNs stay NaN)."""
+        values = {c: np.where(getattr(self, c) < 0, 0.0, getattr(self, c)) for c in ICC_COLUMNS}
+        return ICCResult(**values, status=self.status)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The :data:`ICC_COLUMNS` and ``status`` as a dict of arrays (per-feature table columns)."""
+        return {**{c: getattr(self, c) for c in ICC_COLUMNS}, "status": self.status}
+
+
+def icc3_components(data: np.ndarray, level: float = CI_LEVEL) -> ICCResult:
+    """ICC(3,1), ICC(3,k), their F-based ``level`` confidence intervals and a status per feature of
+    ``data`` (features, targets, raters); a 2-D (targets, raters) array is one feature.
+
+    With F = MSR / MSE, df1 = n - 1, df2 = (n - 1)(k - 1) and F_q(a, b) the F distribution's q quantile:
+    ICC(3,1) = (F - 1) / (F + k - 1), ICC(3,k) = 1 - 1/F; the interval takes F / F_{1-a/2}(df1, df2)
+    and F x F_{1-a/2}(df2, df1) through the same maps (McGraw & Wong 1996, case 3). Mean squares at
+    rounding level (below (REL_TOL x max|value|)^2) count as 0: MSE = 0 < MSR gives ICC = 1 with the
+    interval [1, 1]; MSR = 0 < MSE gives ICC(3,1) = -1/(k-1), ICC(3,k) = -inf.
     """
     data = np.asarray(data, dtype=np.float64)
     if data.ndim == 2:
@@ -79,42 +132,54 @@ def icc3_components(data: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
         raise ValueError(f"ICC needs at least 2 targets and 2 raters, got {n} targets x {k} raters")
     if not np.all(np.isfinite(data)):
         raise ValueError("ICC data contains non-finite values")
-    grand = data.mean(axis=(1, 2), keepdims=True)
-    centered = data - grand
+    magnitude = np.abs(data).max(axis=(1, 2))
+    constant = np.ptp(data, axis=(1, 2)) <= REL_TOL * magnitude
+    centered = data - data.mean(axis=(1, 2), keepdims=True)
     row_means = centered.mean(axis=2)  # (f, n)
     col_means = centered.mean(axis=1)  # (f, k)
-    ss_total = np.einsum("fnk,fnk->f", centered, centered)
-    ss_rows = k * np.einsum("fn,fn->f", row_means, row_means)
-    ss_cols = n * np.einsum("fk,fk->f", col_means, col_means)
-    ss_err = np.maximum(ss_total - ss_rows - ss_cols, 0.0)
-    ms_rows = ss_rows / (n - 1)
-    ms_err = ss_err / ((n - 1) * (k - 1))
-    scale = ss_total / (n * k - 1)
-    degenerate = ms_rows <= _ZERO_TOL * np.maximum(scale, np.finfo(float).tiny)
+    # the residual is summed directly (not SS_total - SS_rows - SS_cols, which cancels to ~eps x SS_total)
+    resid = centered - row_means[:, :, None] - col_means[:, None, :]
+    ms_rows = k * np.einsum("fn,fn->f", row_means, row_means) / (n - 1)
+    ms_err = np.einsum("fnk,fnk->f", resid, resid) / ((n - 1) * (k - 1))
+    zero = (REL_TOL * magnitude) ** 2
+    ms_rows = np.where(ms_rows <= zero, 0.0, ms_rows)
+    ms_err = np.where(ms_err <= zero, 0.0, ms_err)
+    status = np.full(data.shape[0], STATUS_OK, dtype=object)
+    status[(ms_rows == 0) & (ms_err == 0)] = EXCLUDED_RATERS_ONLY
+    status[constant] = EXCLUDED_CONSTANT
+    df1, df2 = n - 1, (n - 1) * (k - 1)
+    tail = (1 + level) / 2
     with np.errstate(divide="ignore", invalid="ignore"):
-        icc1 = (ms_rows - ms_err) / (ms_rows + (k - 1) * ms_err)
-        icck = (ms_rows - ms_err) / ms_rows
-    icc1[degenerate] = np.nan
-    icck[degenerate] = np.nan
-    return icc1, icck, degenerate
+        f_obs = ms_rows / ms_err
+        f_low = f_obs / stats.f.ppf(tail, df1, df2)
+        f_high = f_obs * stats.f.ppf(tail, df2, df1)
+        single = {name: 1 - k / (f + k - 1) for name, f in
+                  (("icc3_1", f_obs), ("icc3_1_ci_low", f_low), ("icc3_1_ci_high", f_high))}
+        average = {name: 1 - 1 / f for name, f in
+                   (("icc3_k", f_obs), ("icc3_k_ci_low", f_low), ("icc3_k_ci_high", f_high))}
+    values = {**single, **average}
+    bad = status != STATUS_OK
+    for v in values.values():
+        v[bad] = np.nan
+    return ICCResult(**values, status=status)
 
 
 def icc3(data: np.ndarray, feature_names: Sequence[str] | None = None,
          clip: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """ICC(3,1) and ICC(3,k) per feature of ``data`` (features, targets, raters), each shape (features,).
 
-    Raises ``ValueError`` naming the features whose ICC is undefined (no variance between targets).
-    ``clip`` sets negative values to 0.
+    Raises ``ValueError`` naming the excluded features (constant, or varying only between raters) and
+    why. ``clip`` sets negative values to 0.
     """
-    icc1, icck, degenerate = icc3_components(data)
-    if degenerate.any():
-        names = feature_names if feature_names is not None else [f"#{i}" for i in range(len(icc1))]
-        bad = [str(names[i]) for i in np.flatnonzero(degenerate)]
-        raise ValueError(f"ICC undefined (no variance between targets) for {len(bad)} feature(s): "
+    res = icc3_components(data)
+    if res.excluded.any():
+        names = feature_names if feature_names is not None else [f"#{i}" for i in range(len(res.status))]
+        bad = [f"{names[i]} ({res.status[i].removeprefix('excluded: ')})" for i in np.flatnonzero(res.excluded)]
+        raise ValueError(f"ICC undefined for {len(bad)} feature(s): "
                          f"{', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''}")
     if clip:
-        icc1, icck = np.maximum(icc1, 0.0), np.maximum(icck, 0.0)
-    return icc1, icck
+        res = res.clipped()
+    return res.icc3_1, res.icc3_k
 
 
 def icc_matrix(table: FeatureTable, rows: np.ndarray, rater_column: str,
@@ -142,7 +207,9 @@ def icc_matrix(table: FeatureTable, rows: np.ndarray, rater_column: str,
     if settings.standardize == "per_rater":
         mean = arr.mean(axis=1, keepdims=True)
         sd = arr.std(axis=1, ddof=1, keepdims=True)
-        arr = np.divide(arr - mean, sd, out=np.zeros_like(arr), where=sd > 0)
+        # a rater column constant up to rounding becomes 0, not rounding residuals blown up to O(1)
+        flat = sd <= REL_TOL * np.abs(arr).max(axis=1, keepdims=True)
+        arr = np.divide(arr - mean, sd, out=np.zeros_like(arr), where=~flat)
     return arr, targets, raters
 
 
@@ -173,7 +240,8 @@ def icc_views(table: FeatureTable, settings: ICCSettings = ICCSettings(),
 
     Columns: extractor, view ('dose' = raters are doses within a scanner; 'scanner' = raters are
     scanners at one dose), scanner (or 'all'), dose_mgy (or NaN), recon, n_targets, n_raters, raters,
-    feature, icc3_1, icc3_k, status ('ok' or 'excluded: no variance between targets').
+    feature, icc3_1, icc3_1_ci_low, icc3_1_ci_high, icc3_k, icc3_k_ci_low, icc3_k_ci_high (95 % F-based
+    intervals; clipped with the values when ``settings.clip``), status ('ok' or 'excluded: <reason>').
     Groups with fewer than ``settings.min_raters`` raters or fewer than 2 complete targets are skipped.
     """
     parts = []
@@ -185,9 +253,9 @@ def icc_views(table: FeatureTable, settings: ICCSettings = ICCSettings(),
             arr, targets, raters = icc_matrix(table, rows, rater_col, settings)
             if len(raters) < settings.min_raters or len(targets) < 2:
                 continue
-            icc1, icck, degenerate = icc3_components(arr)
+            res = icc3_components(arr)
             if settings.clip:
-                icc1, icck = np.maximum(icc1, 0.0), np.maximum(icck, 0.0)
+                res = res.clipped()
             parts.append(pd.DataFrame({
                 "extractor": table.name,
                 "view": view,
@@ -198,9 +266,7 @@ def icc_views(table: FeatureTable, settings: ICCSettings = ICCSettings(),
                 "n_raters": len(raters),
                 "raters": " ".join(f"{r:g}" if isinstance(r, float) else str(r) for r in raters),
                 "feature": table.feature_names,
-                "icc3_1": icc1,
-                "icc3_k": icck,
-                "status": np.where(degenerate, "excluded: no variance between targets", "ok"),
+                **res.columns(),
             }))
     if not parts:
         raise ValueError(f"{table.name}: no ICC view has >= {settings.min_raters} raters and 2 complete targets")
@@ -211,7 +277,8 @@ def summarize_icc(per_feature: pd.DataFrame, thresholds: Sequence[float] = (0.75
     """Summary per extractor x view x group (scanner or dose) x recon of the ICC(3,1) values.
 
     Columns: mean, median, sd, share_gt_<t> (share of included features with ICC(3,1) > t),
-    n_features (included), n_excluded (degenerate features, listed in the per-feature table).
+    n_features (included), n_excluded (excluded features, listed with their reason in the per-feature
+    table).
     """
     keys = ["extractor", "view", "scanner", "dose_mgy", "recon"]
     rows = []
