@@ -46,6 +46,7 @@ demo: $(STAMP)
 	time $(PY) analyze/umap_plots.py --results $(RESULTS) --epochs $(UMAP_EPOCHS)
 	time $(PY) analyze/classify.py --results $(RESULTS) --workers $(WORKERS)
 	time $(PY) analyze/image_metrics.py --results $(RESULTS) --workers $(WORKERS)
+	time $(PY) analyze/dose_effects.py --results $(RESULTS)
 	$(PY) analyze/report.py --results $(RESULTS)
 
 test: $(STAMP)

@@ -8,7 +8,11 @@ code's variant); Algorithm 2 (10 folds grouped by acquisition = scanner, dose, r
 as test fold, n = 1..9 training folds); dose-level classification with leave-one-scanner-out. Scaler
 and constant-feature filter are fitted on training rows only; the MLP (100-60-30, GELU, dropout 0.2)
 trains a fixed number of epochs (no early stopping). Every mean has its sd, n, what it is over and
-the chance level (majority-class share of the test labels). Writes under <results>/analysis/:
+the chance level (majority-class share of the test labels). --protocol picks the defaults of
+--classifier, --loso-draw and --n-folds (ctdose.protocols): toolkit and dataset-paper = MLP, random
+draws, 10 folds; study = MLP, other-manufacturer-first draws; the study's cross-dose test keeps the
+scanner held out (the study code's leak is not reproduced; the sidecar says so). Explicit flags
+override. Writes under <results>/analysis/:
 classify_cross_dose.csv (per split), classify_cross_dose_matrix.csv (mean, sd, n, over, chance;
 + .json sidecar with the settings), classify_curves.csv (+ _folds), classify_dose_level.csv and
 figures in classify/. Each input table is checked against its extractor's sidecar; a re-run with the
@@ -26,19 +30,20 @@ from ctdose.features import EXTRACTORS, available_tables, load_tables
 from ctdose.layout import ResultsLayout, repo_path
 from ctdose.parallel import parallel_map
 from ctdose.plots import accuracy_curves, accuracy_heatmap
+from ctdose.protocols import get_protocol, parse_with_protocol
 from ctdose.provenance import is_current, recorded_outputs, write_sidecar
 from ctdose.stats.classify import CLASSIFIERS, LOSO_DRAWS, OVER, ClassifySettings, classify_job, summarize
 
 # --- settings ---
 RESULTS = "results"      # reads features/, writes analysis/ (repo-relative)
-CLASSIFIER = "mlp"       # mlp (the papers' 100-60-30 GELU MLP) or logreg (fast baseline)
 EPOCHS = 100             # fixed MLP training epochs (full-batch Adam, lr 1e-3)
 SEED = 0                 # seeds the MLP and every random draw
-LOSO_DRAW = "random"     # LOSO-N training scanners: random (Algorithm 1) or other-manufacturer-first (study code)
-N_FOLDS = 10             # folds of Algorithm 2, grouped by acquisition (all are test folds, n = 1..N_FOLDS-1)
 RECONS: list[str] = []   # reconstructions to use (empty: all present)
 THREADS = 1              # torch and BLAS CPU threads per worker
 WORKERS = 1              # extractors classified in parallel (Dask processes); 1 = in-process
+# classifier (mlp: the papers' 100-60-30 GELU MLP, or logreg), loso_draw (random: Algorithm 1, or
+# other-manufacturer-first: the study code) and n_folds (Algorithm 2, grouped by acquisition) come from
+# the --protocol preset (ctdose/protocols.py; default toolkit) unless given as flags
 # --- end settings ---
 
 #: Curve protocols: x-axis label of their figure.
@@ -52,14 +57,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results", default=str(repo_path(RESULTS)), help="results folder (default: %(default)s)")
     p.add_argument("--extractors", nargs="+", default=list(EXTRACTORS), choices=EXTRACTORS,
                    help="extractors to analyse if their table exists (default: all)")
-    p.add_argument("--classifier", default=CLASSIFIER, choices=CLASSIFIERS, help="default: %(default)s")
+    p.add_argument("--classifier", choices=CLASSIFIERS, help="default: %(default)s")
     p.add_argument("--epochs", type=int, default=EPOCHS, help="MLP epochs, fixed (default: %(default)s)")
     p.add_argument("--seed", type=int, default=SEED, help="random seed (default: %(default)s)")
-    p.add_argument("--loso-draw", default=LOSO_DRAW, choices=LOSO_DRAWS,
+    p.add_argument("--loso-draw", choices=LOSO_DRAWS,
                    help="how the N training scanners of each test scanner are drawn: random from the other "
                         "scanners (dataset paper, Algorithm 1) or other manufacturers first, then the test "
                         "scanner's own (the study's code) (default: %(default)s)")
-    p.add_argument("--n-folds", type=int, default=N_FOLDS,
+    p.add_argument("--n-folds", type=int,
                    help="folds of Algorithm 2, grouped by acquisition; each is the test fold once "
                         "(default: %(default)s)")
     p.add_argument("--recons", nargs="*", default=RECONS, help="reconstructions to use (default: all)")
@@ -67,7 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=WORKERS,
                    help="extractors classified in parallel processes (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="recompute even if outputs are up to date")
-    return p.parse_args(argv)
+    return parse_with_protocol(p, argv, lambda protocol: protocol.classify.flag_defaults(),
+                               "--classifier --loso-draw --n-folds")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     layout = ResultsLayout(args.results)
     settings = ClassifySettings(args.classifier, args.epochs, args.seed, args.loso_draw, args.n_folds,
                                 tuple(args.recons))
-    record = {**settings.as_dict(), "extractors": sorted(args.extractors)}
+    preset = get_protocol(args.protocol)
+    record = {**settings.as_dict(), "protocol": args.protocol, "extractors": sorted(args.extractors)}
     names = available_tables(layout.root, args.extractors)
     tables_out = [layout.cross_dose, layout.curves, layout.curves_folds, layout.dose_class]
     # which figures exist depends on the data (a table with one scanner has no cross-dose matrix)
@@ -107,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     write_csv(summary.matrix, layout.cross_dose_matrix)
     write_sidecar(layout.cross_dose_matrix, record, inputs=[layout.feature_table(n) for n in tables],
                   outputs=[*tables_out, *written], untrained={n: t.untrained for n, t in tables.items()},
-                  protocols_run={n: sorted(r) for n, r in zip(tables, outs)})
+                  protocols_run={n: sorted(r) for n, r in zip(tables, outs)},
+                  protocol_reproduces=preset.reproduces, protocol_notes=preset.classify.notes())
     print(f"classification: {len(tables)} extractor(s) -> {layout.cross_dose_matrix}")
     return 0
 

@@ -2,7 +2,10 @@
 """Gather every analysis output into one self-contained HTML report and a Markdown twin.
 
 Writes <results>/report.html (figures embedded as base64 PNG) and <results>/report.md, with sections:
-data used (twin or real, series counts), feature tables and weights status (UNTRAINED weights shown
+findings first (per extractor: accuracy a dose change costs by dose ratio, ICC across doses and across
+scanners, data source and weights status on one screen), the dataset paper's Table 7 layout (mean ICC
+across scanners at 10 mGy, LOSO with 1 and S-1 training scanners, 10-fold), data used (twin or real,
+series counts), feature tables and weights status (UNTRAINED weights shown
 in a warning box), ICC, UMAP, classification, image metrics, provenance. Every file shown is first
 checked against its producer's sidecar. A missing input does not stop the report: its section says
 what is missing and which command makes it; a stale or damaged one is left out with a warning.

@@ -14,7 +14,8 @@ Sidecars (``x.csv`` -> ``x.json``) are placed by :func:`ctdose.provenance.sideca
       masks/<uid>.nii.gz (+ .json)     data/prepare.py: ROI label map on the series' grid
       patch_centers.csv                data/patch_centers.py
       features/<extractor>.csv         radiomics/, cnn/, swin/, ct-fm/ (partial/<extractor>/<uid>.csv)
-      analysis/                        analyze/*.py (ICC, UMAP, classification, image metrics)
+      analysis/                        analyze/*.py (ICC, UMAP, classification, image metrics,
+                                       dose models, distribution shift, silhouettes)
       report.html, report.md           analyze/report.py
 """
 
@@ -71,6 +72,7 @@ COMMANDS: dict[str, str] = {
     "umap": "analyze/umap_plots.py --results RESULTS",
     "classify": "analyze/classify.py --results RESULTS",
     "image_metrics": "analyze/image_metrics.py --results RESULTS",
+    "dose_effects": "analyze/dose_effects.py --results RESULTS",
     "report": "analyze/report.py --results RESULTS",
 }
 
@@ -237,6 +239,45 @@ class ResultsLayout:
     def image_metrics_figure(self, name: str) -> Path:
         """Figure stem (``vs_dose_<metric>_<recon>`` bars, ``vs_scanner_<metric>_<recon>`` matrix)."""
         return self.image_metrics_figures_dir / name
+
+    # --- analyze/dose_effects.py: dose models, distribution shift, silhouettes -------------------
+    @property
+    def dose_models(self) -> Path:
+        """Dose-level classification and dose regression, mean / sd over grouped folds per extractor x model."""
+        return self.analysis_dir / "dose_models.csv"
+
+    @property
+    def dose_models_folds(self) -> Path:
+        """One row per extractor x model x fold (accuracy and chance, or MAE and the mean predictor's MAE)."""
+        return self.analysis_dir / "dose_models_folds.csv"
+
+    @property
+    def dose_confusion(self) -> Path:
+        """Confusion counts summed over folds: extractor, model, true_dose, pred_dose, count."""
+        return self.analysis_dir / "dose_models_confusion.csv"
+
+    @property
+    def dose_effects_figures_dir(self) -> Path:
+        return self.analysis_dir / "dose_effects"
+
+    def dose_confusion_figure(self, extractor: str) -> Path:
+        """Figure stem: one confusion-matrix panel per classifier."""
+        return self.dose_effects_figures_dir / f"confusion_{extractor}"
+
+    @property
+    def dose_shift(self) -> Path:
+        """Per feature and reconstruction: KS statistic, p, BH q, changes of mean, variance, skewness, kurtosis."""
+        return self.analysis_dir / "dose_shift_per_feature.csv"
+
+    @property
+    def dose_shift_summary(self) -> Path:
+        """Per extractor x reconstruction: share of features shifted at q < alpha."""
+        return self.analysis_dir / "dose_shift_summary.csv"
+
+    @property
+    def silhouette(self) -> Path:
+        """Silhouette per extractor x space (features, umap) x label."""
+        return self.analysis_dir / "silhouette.csv"
 
     # --- report -----------------------------------------------------------------------------------
     @property

@@ -230,3 +230,32 @@ def metric_matrix(matrix: pd.DataFrame, metric: str, title: str, stem: str | os.
     if caption:
         fig.text(0.01, -0.02, caption, fontsize=7, ha="left", va="top", wrap=True)
     return save_figure(fig, stem)
+
+
+def confusion_panels(confusion: pd.DataFrame, title: str, stem: str | os.PathLike,
+                     caption: str = "") -> list[Path]:
+    """One confusion-matrix panel per ``model`` of ``confusion`` (long: model, true_dose, pred_dose,
+    count): rows = true dose, columns = predicted dose (mGy), colour = share of the true dose's rows,
+    cells = counts; ``caption`` (how the counts were pooled) is written below the panels."""
+    models = list(dict.fromkeys(confusion["model"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(3.4 * len(models) + 1.2, 3.8), squeeze=False,
+                             layout="constrained")
+    for n, (ax, model) in enumerate(zip(axes[0], models)):
+        counts = (confusion[confusion["model"] == model]
+                  .pivot(index="true_dose", columns="pred_dose", values="count").fillna(0))
+        shares = counts.to_numpy(float) / np.maximum(counts.to_numpy(float).sum(axis=1, keepdims=True), 1)
+        im = ax.imshow(shares, vmin=0, vmax=1, cmap="Blues")
+        for i in range(counts.shape[0]):
+            for j in range(counts.shape[1]):
+                ax.text(j, i, f"{int(counts.iat[i, j])}", ha="center", va="center", fontsize=7,
+                        color="white" if shares[i, j] > 0.5 else "black")
+        ax.set_xticks(range(counts.shape[1]), [f"{v:g}" for v in counts.columns])
+        ax.set_yticks(range(counts.shape[0]), [f"{v:g}" for v in counts.index])
+        accuracy = np.trace(counts.to_numpy()) / max(counts.to_numpy().sum(), 1)
+        ax.set(xlabel="predicted dose (mGy)", ylabel="true dose (mGy)" if n == 0 else "",
+               title=f"{model} (accuracy {accuracy:.2f})")
+    fig.colorbar(im, ax=list(axes[0]), label="share of the true dose's test rows", shrink=0.8)
+    fig.suptitle(title, y=1.06)  # above the panel titles
+    if caption:
+        fig.text(0.01, -0.04, caption, fontsize=7, ha="left", va="top", wrap=True)
+    return save_figure(fig, stem)

@@ -118,6 +118,15 @@ def _data_root(catalog: pd.DataFrame) -> Path | None:
     return Path(os.path.commonpath(paths)) if paths else None
 
 
+def _data_source(catalog: pd.DataFrame) -> tuple[Path | None, str]:
+    """The folder holding every catalogued series and what the data is: the twin when a
+    ``ground_truth.json`` sits in it or up to three folders above, real data otherwise."""
+    root = _data_root(catalog)
+    twin = root is not None and any((d / "ground_truth.json").exists() for d in [root, *list(root.parents)[:3]])
+    return root, ("the simulated digital twin (ground_truth.json found)" if twin
+                  else "real data (no twin ground_truth.json found near the series)")
+
+
 def data_section(layout: ResultsLayout) -> Section:
     """What data was used: twin or real, counts per scanner x dose x recon."""
     sec = Section("Data used")
@@ -126,11 +135,7 @@ def data_section(layout: ResultsLayout) -> Section:
     catalog = _read_table(sec, layout.catalog)
     if catalog is None:
         return sec
-    catalog["path"] = catalog["path"].astype(str)
-    root = _data_root(catalog)
-    twin = root is not None and any((d / "ground_truth.json").exists() for d in [root, *list(root.parents)[:3]])
-    kind = ("the simulated digital twin (ground_truth.json found)" if twin
-            else "real data (no twin ground_truth.json found near the series)")
+    root, kind = _data_source(catalog)
     sec.notes.append(f"{len(catalog)} CT series from {catalog['scanner'].nunique()} scanners, "
                      f"{catalog['dose_mgy'].nunique()} dose levels, recons {', '.join(sorted(catalog['recon'].astype(str).unique()))}; "
                      f"source: {kind}{f' under {root}' if root else ''}.")
@@ -202,7 +207,8 @@ def icc_section(layout: ResultsLayout) -> Section:
         wide.columns = [f"{c:g} mGy" if isinstance(c, float) else str(c) for c in wide.columns]
         sec.tables.append((caption, wide.reset_index()))
     pooled = record.get("boxplot_caption", "Reconstructions pooled: not recorded (re-run the ICC step).")
-    sec.figure(record, f"ICC(3,1) per feature, extractors side by side. {pooled}", layout.icc_boxplots)
+    sec.figure(record, f"ICC(3,1) per feature, extractors side by side: {int(summary['n_features'].sum())} included "
+               f"feature x group values over {len(summary)} extractor x view x group rows. {pooled}", layout.icc_boxplots)
     return sec
 
 
@@ -215,7 +221,9 @@ def umap_section(layout: ResultsLayout) -> Section:
         record = sec.checked(layout.umap_table(name), layout, "umap", f"UMAP of {name}")
         if record is not None:
             settings = settings or record.get("settings", {})
-            sec.figure(record, f"UMAP of {name} features", layout.umap_figure(name))
+            sec.figure(record, f"UMAP of {name} features: {record.get('n_rows', '?')} patches, every series pooled "
+                       "(all scanners, doses, reconstructions and repetitions), coloured by ROI class, "
+                       "manufacturer and dose", layout.umap_figure(name))
     if settings is None and not sec.warnings:
         sec.missing("UMAP figures", layout.command("umap"))
     if settings:
@@ -261,7 +269,8 @@ def classify_section(layout: ResultsLayout) -> Section:
         wide = cells.pivot(index="train_dose", columns="test_dose", values="cell")
         wide.columns = [f"test {c:g} mGy" for c in wide.columns]
         wide.index = [f"train {i:g} mGy" for i in wide.index]
-        about = f"mean ± sd over {int(m['n'].max())} {m['over'].iloc[0]}; chance {m['chance'].mean():.2f}"
+        about = (f"mean ± sd over {int(m['n'].max())} {m['over'].iloc[0]}; chance {m['chance'].mean():.2f}; "
+                 f"reconstructions pooled: {', '.join(side.get('recons') or ['all present'])}")
         sec.tables.append((f"{name}: cross-dose accuracy, {about}", wide.rename_axis("").reset_index()))
         sec.figure(record, f"{name}: accuracy, train dose (rows) x test dose (columns); {about}",
                    layout.cross_dose_figure(name))
@@ -287,6 +296,60 @@ def classify_section(layout: ResultsLayout) -> Section:
         agg["accuracy"] = _mean_sd(agg["mean"], agg["sd"], "{:.3f}")
         sec.tables.append(("Dose-level classification, leave one scanner out",
                            agg.assign(over="held-out scanners")[["extractor", "accuracy", "over", "n", "chance"]]))
+    return sec
+
+
+def dose_effects_section(layout: ResultsLayout) -> Section:
+    """Dose-level models (grouped by scanner x ROI), distribution shift low vs high dose, silhouettes."""
+    sec = Section("Dose effects: dose models, distribution shift, silhouettes")
+    command = layout.command("dose_effects")
+    record = sec.checked(layout.dose_models, layout, "dose_effects", "dose-level models")
+    summary = None if record is None else _read_table(sec, layout.dose_models)
+    if summary is not None:
+        side = record.get("settings", {})
+        sec.notes.append(f"Dose level (classes = dose levels) and dose in mGy predicted from each extractor's "
+                         f"features; GroupKFold with {side.get('n_folds', '?')} folds, one group = one scanner x "
+                         "ROI, so no scanner x ROI is in both training and test; constant-feature filter and "
+                         f"scaler fitted on training folds; seed {side.get('seed', '?')}; random forests of "
+                         f"{side.get('n_trees', '?')} trees, kNN k = {side.get('k', '?')}, ridge alpha "
+                         f"{side.get('ridge_alpha', '?')}, MLP ({side.get('mlp', '?')}) {side.get('epochs', '?')} "
+                         "epochs. Chance: majority-class "
+                         "share of the test rows; baseline MAE: predicting the training fold's mean dose.")
+        for task, caption in (("classification", "Dose-level accuracy (mean ± sd over n folds) and chance"),
+                              ("regression", "Dose regression MAE in mGy (mean ± sd over n folds) and the mean "
+                                             "predictor's MAE")):
+            sub = summary[summary["task"] == task]
+            if len(sub):
+                cell = _mean_sd(sub["mean"], sub["sd"], "{:.3f}" if task == "classification" else "{:.2f}")
+                wide = sub.assign(cell=cell).pivot(index="extractor", columns="model", values="cell")
+                ref = sub.groupby("extractor")["reference_mean"].mean().rename(
+                    "chance" if task == "classification" else "baseline MAE (mGy)")
+                n = sub.groupby("extractor")["n"].max().rename("n folds")
+                sec.tables.append((caption, wide.join(ref).join(n).reset_index()))
+        for name in EXTRACTORS:
+            sec.figure(record, f"{name}: dose-level confusion matrices (rows: true dose, columns: predicted; "
+                       "counts summed over the folds, colour = share of the row)", layout.dose_confusion_figure(name))
+    record = sec.checked(layout.dose_shift_summary, layout, "dose_effects", "distribution shift")
+    shift = None if record is None else _read_table(sec, layout.dose_shift_summary)
+    if shift is not None:
+        side = record.get("settings", {})
+        sec.notes.append(f"Distribution shift {side.get('low_dose', '?'):g} vs {side.get('high_dose', '?'):g} mGy "
+                         "per feature: two-sample Kolmogorov-Smirnov, Benjamini-Hochberg q per extractor x "
+                         f"reconstruction, shifted = q < {side.get('alpha', '?')}; patches are not independent "
+                         f"samples, so q is descriptive. Per feature values in {layout.dose_shift.name}.")
+        sec.tables.append(("Features shifted by the dose change, per extractor x reconstruction", shift))
+    record = sec.checked(layout.silhouette, layout, "dose_effects", "silhouette scores")
+    sil = None if record is None else _read_table(sec, layout.silhouette)
+    if sil is not None:
+        wide = sil.pivot_table(index=["extractor", "space"], columns="label", values="silhouette", sort=False)
+        rows = sil.groupby(["extractor", "space"], sort=False)["n_rows"].max().rename("rows scored")
+        sec.tables.append(("Silhouette score (euclidean) of standardised features and of the 2-D UMAP, by label "
+                           "(1: rows cluster by it; 0: no structure)", wide.join(rows).reset_index()))
+        for name, why in record.get("umap_skipped", {}).items():
+            sec.warnings.append(f"UMAP silhouette of {name} not computed: {why}")
+    if not any((summary is not None, shift is not None, sil is not None)) and not sec.warnings:
+        sec.notes = [n for n in sec.notes if not n.startswith("Missing:")]
+        sec.missing("dose models, distribution shift and silhouettes", command)
     return sec
 
 
@@ -376,11 +439,194 @@ def provenance_section(layout: ResultsLayout) -> Section:
     return sec
 
 
+#: Dose-ratio bins of the Findings table, (label, low, high]: ratio = higher / lower dose of a cell.
+DOSE_RATIO_BINS: tuple[tuple[str, float, float], ...] = (("≤ 2×", 1.0, 2.0), ("2-5×", 2.0, 5.0),
+                                                         ("> 5×", 5.0, np.inf))
+#: ICC threshold of "good" reliability (Koo & Li 2016) used in the Findings.
+ICC_GOOD = 0.75
+
+
+def cross_dose_drop(matrix: pd.DataFrame,
+                    bins: tuple[tuple[str, float, float], ...] = DOSE_RATIO_BINS) -> pd.DataFrame:
+    """Accuracy a dose change costs, per extractor and dose-ratio bin.
+
+    ``matrix``: rows of ``classify_cross_dose_matrix.csv`` (extractor, train_dose, test_dose, mean ...).
+    For each off-diagonal cell A -> B (train at A, test at B), drop = mean(B -> B) - mean(A -> B): what
+    training at another dose costs on the same test series (accuracy, 0..1; > 0 = a loss). Returns one
+    row per extractor x bin holding cells: extractor, bin, drop (mean over the bin's cells), n_cells.
+    """
+    diag = matrix[matrix["train_dose"] == matrix["test_dose"]].set_index(["extractor", "test_dose"])["mean"]
+    off = matrix[matrix["train_dose"] != matrix["test_dose"]].copy()
+    off["drop"] = diag.reindex(pd.MultiIndex.from_frame(off[["extractor", "test_dose"]])).to_numpy() - off["mean"]
+    ratio = (np.maximum(off["train_dose"], off["test_dose"]) / np.minimum(off["train_dose"], off["test_dose"]))
+    off["bin"] = None
+    for label, low, high in bins:
+        off.loc[(ratio > low) & (ratio <= high), "bin"] = label
+    return (off.dropna(subset=["bin", "drop"]).groupby(["extractor", "bin"], sort=False)
+            .agg(drop=("drop", "mean"), n_cells=("drop", "size")).reset_index())
+
+
+def _icc_headline(summary: pd.DataFrame, view: str) -> pd.Series:
+    """Per extractor, 'median (share > 0.75)' of one ICC view of ``icc_summary.csv``: the median over
+    the view's groups (scanner or dose x recon) of each group's median ICC(3,1), and the share of all
+    included feature x group values above :data:`ICC_GOOD`."""
+    sub = summary[summary["view"] == view]
+    if sub.empty:
+        return pd.Series(dtype=str)
+    share = sub[f"share_gt_{ICC_GOOD:g}"] * sub["n_features"]
+    agg = (sub.assign(good=share).groupby("extractor", sort=False)
+           .agg(median=("median", "median"), good=("good", "sum"), n=("n_features", "sum"), groups=("median", "size")))
+    return pd.Series([f"{r.median:.2f} ({100 * r.good / r.n:.0f} %, {r.groups} group{'s' * (r.groups > 1)})" if r.n else ""
+                      for r in agg.itertuples()], index=agg.index)
+
+
+def _weights_short(side: dict[str, Any] | None) -> str:
+    if side is None:
+        return "? (no feature table)"
+    if side.get("untrained"):
+        return "UNTRAINED"
+    return "trained" if side.get("weights") else "not a network"
+
+
+def findings_section(layout: ResultsLayout) -> Section:
+    """The answer on one screen: per extractor, what a dose change costs in accuracy, ICC across doses and
+    across scanners, with the data source and the weights status beside them."""
+    sec = Section("Findings")
+    source = "not known (no catalog)"
+    if sec.checked(layout.catalog, layout, "prepare", f"the catalog ({layout.catalog})") is not None:
+        catalog = _read_table(sec, layout.catalog)
+        if catalog is not None:
+            source = (f"{_data_source(catalog)[1]}: {len(catalog)} series, {catalog['scanner'].nunique()} scanners, "
+                      f"doses {', '.join(f'{d:g}' for d in sorted(catalog['dose_mgy'].unique()))} mGy")
+    sec.notes.append(f"Data: {source}.")
+    classify = sec.checked(layout.cross_dose_matrix, layout, "classify", "classification results")
+    matrix = None if classify is None else _read_table(sec, layout.cross_dose_matrix)
+    if matrix is not None and not {"n", "over", "chance"} <= set(matrix.columns):
+        sec.warnings.append(f"{layout.cross_dose_matrix} was written by an older version (no n / over / chance "
+                            f"columns); re-run `{layout.command('classify')} --force`")
+        matrix = None
+    icc = sec.checked(layout.icc_summary, layout, "icc", "ICC tables")
+    summary = None if icc is None else _read_table(sec, layout.icc_summary)
+    names = [n for n in EXTRACTORS if any(t is not None and n in set(t["extractor"]) for t in (matrix, summary))]
+    if not names:
+        return sec
+    table = pd.DataFrame({"extractor": names}).set_index("extractor")
+    table["weights"] = [_weights_short(sec.checked(layout.feature_table(n), layout, n, f"{n} features"))
+                        for n in names]
+    if matrix is not None:
+        diag = matrix[matrix["train_dose"] == matrix["test_dose"]].groupby("extractor")
+        table["accuracy, same dose"] = diag["mean"].mean().map("{:.2f}".format)
+        table["chance"] = matrix.groupby("extractor")["chance"].mean().map("{:.2f}".format)
+        drop = cross_dose_drop(matrix)
+        for label, _, _ in DOSE_RATIO_BINS:
+            cells = drop[drop["bin"] == label].set_index("extractor")
+            if len(cells):
+                table[f"cost of a dose change {label}"] = pd.Series(
+                    [f"{d:+.2f} ({n})" for d, n in zip(cells["drop"], cells["n_cells"])], index=cells.index)
+        side = classify.get("settings", {})
+        sec.notes.append(
+            f"Cost of a dose change: accuracy (ROI class, {side.get('classifier', '?')}, mean over "
+            f"{int(matrix['n'].max())} {matrix['over'].iloc[0]}) trained and tested at dose B minus trained at dose "
+            f"A and tested at B, averaged over the (A, B) cells whose dose ratio max/min falls in the column's "
+            f"bin (number of cells in brackets); > 0 means the dose change loses accuracy. Same dose: the "
+            f"diagonal of the cross-dose matrix (never training accuracy). Chance: majority-class share.")
+    if summary is not None:
+        for view, label in (("dose", "ICC across doses"), ("scanner", "ICC across scanners")):
+            table[label] = _icc_headline(summary, view)
+        settings = icc.get("settings", {})
+        sec.notes.append(
+            f"ICC(3,1) {'clipped at 0' if settings.get('clip') else 'unclipped'}: median over groups (across "
+            f"doses: one group per scanner; across scanners: one per dose; x reconstruction) of the median over "
+            f"features, then the share of all feature x group ICCs > {ICC_GOOD:g}.")
+    protocol = next((r.get("settings", {}).get("protocol") for r in (classify, icc) if r), None)
+    sec.notes.append(f"Protocol: {protocol or 'toolkit'}"
+                     + (" (the toolkit's own default: per-feature ICC(3,1), unclipped)." if protocol in (None, "toolkit")
+                        else ".")
+                     + (" UNTRAINED weights: those features say nothing about the pretrained model."
+                        if (table["weights"] == "UNTRAINED").any() else ""))
+    sec.tables.append(("Per extractor: what a dose change costs, feature reliability, weights",
+                       table.fillna("").reset_index()))
+    return sec
+
+
+#: Column names of the dataset paper's Table 7.
+TABLE7_COLUMNS = ("Features", "Mean ICC", "LOSO 1 scanner", "LOSO 12 scanners", "10-fold 13 scanners")
+#: Dose (mGy) of the paper's ICC across scanners.
+TABLE7_DOSE = 10.0
+
+
+def table7_section(layout: ResultsLayout) -> Section:
+    """The dataset paper's Table 7 per extractor: mean ICC across scanners at 10 mGy (clipped at 0,
+    averaged over features), accuracy with LOSO 1 and S-1 training scanners and 10-fold with all folds."""
+    sec = Section("Dataset paper's Table 7 layout")
+    rows: dict[str, dict[str, str]] = {}
+    about: list[str] = []
+    icc = sec.checked(layout.icc_summary, layout, "icc", "ICC tables")
+    per_feature = None if icc is None else sec.table(icc, layout.icc_per_feature)
+    if icc is not None and per_feature is None:
+        sec.missing(f"{layout.icc_per_feature.name} (per-feature ICCs)", layout.command("icc"))
+    if per_feature is not None:
+        at10 = per_feature[(per_feature["view"] == "scanner") & np.isclose(per_feature["dose_mgy"], TABLE7_DOSE)
+                           & (per_feature["status"] == "ok")]
+        if at10.empty:
+            doses = sorted(per_feature.loc[per_feature["view"] == "scanner", "dose_mgy"].dropna().unique())
+            sec.notes.append(f"Mean ICC: no ICC across scanners at {TABLE7_DOSE:g} mGy in {layout.icc_per_feature.name} "
+                             f"(its doses: {', '.join(f'{d:g}' for d in doses) or 'none'}); it needs {TABLE7_DOSE:g} mGy "
+                             f"series of at least two scanners, then `{layout.command('icc')} --protocol dataset-paper`.")
+        for name, g in at10.groupby("extractor", sort=False):
+            rows.setdefault(name, {})["Mean ICC"] = f"{g['icc3_1'].clip(lower=0).mean():.3f}"
+        if len(at10):
+            recon = icc.get("settings", {}).get("recon")
+            about.append(
+                f"Mean ICC: ICC(3,1) across the {int(at10['n_raters'].max())} scanners at {TABLE7_DOSE:g} mGy "
+                f"(targets = ROI patches), each clipped at 0, averaged over {at10.groupby('extractor').size().max()} "
+                "feature x reconstruction values" + (
+                    " (features averaged over reconstructions first, as the paper)." if recon == "average" else
+                    f"; reconstructions analysed one at a time (the paper averages features over reconstructions "
+                    f"first: `{layout.command('icc')} --protocol dataset-paper`)."))
+    classify = sec.checked(layout.cross_dose_matrix, layout, "classify", "classification results")
+    curves = None if classify is None else sec.table(classify, layout.curves)
+    if classify is not None and curves is None:
+        sec.missing("LOSO-N / k-fold-n curves (classify_curves.csv)", layout.command("classify"))
+    n_scanners = None
+    if curves is not None:
+        for (protocol, name), c in curves.groupby(["protocol", "extractor"], sort=False):
+            cell = lambda r: _mean_sd([r["mean"]], [r["sd"]], "{:.2f}")[0]  # noqa: E731
+            first, last = c.loc[c["n_train"].idxmin()], c.loc[c["n_train"].idxmax()]
+            row = rows.setdefault(name, {})
+            row["chance"] = f"{c['chance'].mean():.2f}"
+            if protocol == "loso_n":
+                row["LOSO 1 scanner"] = cell(first) if first["n_train"] == 1 else ""
+                row["LOSO 12 scanners"] = cell(last)
+                n_scanners = int(last["n_train"]) + 1
+            elif protocol == "kfold_n":
+                row["10-fold 13 scanners"] = cell(last)
+        side = classify.get("settings", {})
+        loso, kfold = curves[curves["protocol"] == "loso_n"], curves[curves["protocol"] == "kfold_n"]
+        if len(loso):
+            about.append(f"LOSO: accuracy (ROI class, {side.get('classifier', '?')}) mean ± sd over "
+                         f"{int(loso['n'].max())} test scanners, trained on N = 1 and N = {n_scanners - 1} scanners.")
+        if len(kfold):
+            about.append(f"10-fold: mean ± sd over {int(kfold['n'].max())} test folds (grouped by "
+                         f"{side.get('kfold_groups', 'acquisition')}), trained on n = {int(kfold['n_train'].max())} folds.")
+    if not rows:
+        return sec
+    if n_scanners is not None and n_scanners < 13:
+        about.append(f"This data has {n_scanners} scanners, not the paper's 13: 'LOSO 12 scanners' is N = "
+                     f"{n_scanners - 1} and '10-fold 13 scanners' pools all {n_scanners}.")
+    table = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=[*TABLE7_COLUMNS[1:], "chance"])
+    table = table.reindex([n for n in EXTRACTORS if n in rows]).fillna("").rename_axis(TABLE7_COLUMNS[0]).reset_index()
+    sec.tables.append(("Table 7 layout (dataset paper). " + " ".join(about), table))
+    return sec
+
+
 def build_sections(results: str | os.PathLike) -> list[Section]:
     """All report sections in order; each says what is missing or stale instead of failing."""
     layout = ResultsLayout(results)
-    return [data_section(layout), feature_section(layout), icc_section(layout), umap_section(layout),
-            classify_section(layout), image_metrics_section(layout), provenance_section(layout)]
+    return [findings_section(layout), table7_section(layout),  # the answer first
+            data_section(layout), feature_section(layout), icc_section(layout), umap_section(layout),
+            classify_section(layout), dose_effects_section(layout), image_metrics_section(layout),
+            provenance_section(layout)]
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}

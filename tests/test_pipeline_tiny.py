@@ -77,6 +77,8 @@ def pipeline(tiny_twin, tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     out["classify"] = _run("analyze/classify.py", "--results", results, "--classifier", "logreg",
                            "--n-folds", "4")
     out["image_metrics"] = _run("analyze/image_metrics.py", "--results", results, "--workers", "1")
+    out["dose_effects"] = _run("analyze/dose_effects.py", "--results", results, "--low-dose", "3",
+                               "--classifiers", "logreg", "--regressors", "ridge", "--n-folds", "2")
     out["report"] = _run_process("analyze/report.py", "--results", results)
     return twin, results, out
 
@@ -119,7 +121,7 @@ def test_umap_embeds_every_row_of_every_table(pipeline):
 def test_report_has_every_section_and_flags_untrained_weights(pipeline):
     twin, results, out = pipeline
     html = (results / "report.html").read_text()
-    for title in ("Data used", "Feature tables and weights", "ICC", "UMAP", "Classification",
+    for title in ("Findings", "Data used", "Feature tables and weights", "ICC", "UMAP", "Classification",
                   "Image metrics", "Provenance"):
         assert f">{title}" in html
     assert "Missing:" not in html  # every step ran, so no section lacks its inputs

@@ -35,6 +35,7 @@ from ctdose.centers import roi_short_of
 from ctdose.csv_io import read_csv
 from ctdose.layout import IDENTITY_COLUMNS, QC_COLUMNS, TEXT_DTYPES, ResultsLayout, feature_columns
 from ctdose.patches import PATCH_SIZE_XYZ, PATCH_SPACING_XYZ
+from ctdose.protocols import add_patch_protocol_flag
 from ctdose.provenance import is_current, verify, write_sidecar
 from ctdose.volume import Volume
 
@@ -319,7 +320,9 @@ def add_common_args(parser: argparse.ArgumentParser, results: str) -> None:
     parser.add_argument("--patches-per-roi", type=int, metavar="K",
                         help="use the first K centers of each ROI (default: all)")
     parser.add_argument("--patch-size", type=int, nargs=3, default=list(PATCH_SIZE_XYZ), metavar=("X", "Y", "Z"),
-                        help="patch size in voxels along x y z (default: %(default)s)")
+                        help="patch size in voxels along x y z (default: the --protocol preset's, %(default)s "
+                             "for toolkit)")
+    add_patch_protocol_flag(parser)
     parser.add_argument("--patch-spacing", type=float, nargs=3, default=list(PATCH_SPACING_XYZ),
                         metavar=("X", "Y", "Z"), help="patch voxel spacing in mm (default: %(default)s)")
     parser.add_argument("--max-outside-share", type=float, default=MAX_OUTSIDE_SHARE, metavar="F",

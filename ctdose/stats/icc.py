@@ -11,6 +11,13 @@ Two views of a feature table (see :func:`icc_views`):
 * ``dose``: within each scanner (and reconstruction), targets = ROI patches (roi, patch), raters = dose.
 * ``scanner``: at each dose (and reconstruction), targets = ROI patches, raters = scanner.
 
+:class:`ICCSettings` chooses the views, the doses, the targets (ROI patches, or the ROIs with their
+patch features averaged: the study's), how reconstructions and repeated scans are combined, clipping,
+and which ICC the summary takes (ICC(3,1), or ICC(3,k): the study's); the presets of
+:mod:`ctdose.protocols` are combinations of them. With the dataset paper's settings (view 'scanner',
+dose 10 mGy, reconstructions and repetitions averaged, clipped ICC(3,1)) the summary's ``mean`` is its
+Table 7 value: the mean over features of the clipped ICC(3,1) across scanners.
+
 Features whose ICC is undefined are never returned as a silent NaN: :func:`icc3` raises ``ValueError``
 naming them, and :func:`icc_views` lists them with ``status = "excluded: <reason>"`` and counts them in
 the summary. Two reasons: the feature is constant in the group (every value equal, whatever the value:
@@ -45,6 +52,11 @@ EXCLUDED_CONSTANT = "excluded: constant (every value equal)"
 EXCLUDED_RATERS_ONLY = "excluded: varies only between raters (no variance between targets, no residual: ICC 0/0)"
 #: Target identity: one physical location in the phantom, the same in every series.
 TARGET_COLUMNS: tuple[str, ...] = ("roi", "patch")
+#: Targets setting -> the identity columns of one target ('roi': patch features averaged per ROI).
+TARGETS: dict[str, tuple[str, ...]] = {"roi_patch": TARGET_COLUMNS, "roi": ("roi",)}
+#: Views: the column whose values are the raters, and the column that splits the view into groups.
+VIEW_RATERS: dict[str, str] = {"dose": "dose_mgy", "scanner": "scanner"}
+VIEW_GROUPS: dict[str, str] = {"dose": "scanner", "scanner": "dose_mgy"}
 #: ICC value and confidence-interval columns of the per-feature table.
 ICC_COLUMNS: tuple[str, ...] = ("icc3_1", "icc3_1_ci_low", "icc3_1_ci_high", "icc3_k", "icc3_k_ci_low",
                                 "icc3_k_ci_high")
@@ -62,6 +74,11 @@ class ICCSettings:
         is not offered: ICC(3) is invariant to it.
     clip: clip ICC values below 0 to 0 (off by default; the report states it when on).
     min_raters: views with fewer raters are skipped.
+    targets: ``"roi_patch"`` = each ROI patch is a target (default); ``"roi"`` = the six ROIs, each
+        the mean of its patches' features (the study's).
+    views: the views computed (``"dose"``, ``"scanner"``; default both).
+    doses: only these doses (mGy) are used, in every view; ``()`` = all (default).
+    statistic: the ICC the summary and boxplots take: ``"icc3_1"`` (default) or ``"icc3_k"``.
     """
 
     recon: str = "each"
@@ -69,17 +86,27 @@ class ICCSettings:
     standardize: str = "none"
     clip: bool = False
     min_raters: int = 2
+    targets: str = "roi_patch"
+    views: tuple[str, ...] = ("dose", "scanner")
+    doses: tuple[float, ...] = ()
+    statistic: str = "icc3_1"
 
     def __post_init__(self) -> None:
         for key, allowed in (("recon", ("each", "average")), ("repetitions", ("average", "first")),
-                             ("standardize", ("none", "per_rater"))):
+                             ("standardize", ("none", "per_rater")), ("targets", tuple(TARGETS)),
+                             ("statistic", ("icc3_1", "icc3_k"))):
             if getattr(self, key) not in allowed:
                 raise ValueError(f"ICC setting {key}={getattr(self, key)!r}; expected one of {allowed}")
         if self.min_raters < 2:
             raise ValueError(f"ICC setting min_raters={self.min_raters}; must be >= 2")
+        object.__setattr__(self, "views", tuple(self.views))
+        object.__setattr__(self, "doses", tuple(float(d) for d in self.doses))
+        bad = [v for v in self.views if v not in VIEW_RATERS]
+        if bad or not self.views:
+            raise ValueError(f"ICC setting views={list(self.views)}; expected one or more of {tuple(VIEW_RATERS)}")
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {**asdict(self), "views": list(self.views), "doses": list(self.doses)}
 
 
 @dataclass(frozen=True)
@@ -187,8 +214,9 @@ def icc_matrix(table: FeatureTable, rows: np.ndarray, rater_column: str,
     """The (features, targets, raters) array of the selected rows, raters from ``rater_column``.
 
     Repeated scans are averaged (or the first kept) per (target, rater) cell, and with
-    ``recon="average"`` so are reconstructions. Targets missing at any rater are dropped, so the
-    matrix is complete. Returns the array, the target keys and the rater values.
+    ``recon="average"`` so are reconstructions; with ``targets="roi"`` so are the patches of an ROI
+    (one mean over every row of the cell). Targets missing at any rater are dropped, so the matrix is
+    complete. Returns the array, the target keys and the rater values.
     """
     ident = table.ident.loc[rows].copy()
     X = table.X[rows]
@@ -196,7 +224,7 @@ def icc_matrix(table: FeatureTable, rows: np.ndarray, rater_column: str,
         keep_rep = ident.groupby([rater_column, "recon"])["repetition"].transform("min")
         keep = (ident["repetition"] == keep_rep).to_numpy()
         ident, X = ident.loc[keep], X[keep]
-    keys = list(TARGET_COLUMNS) + [rater_column]
+    keys = list(TARGETS[settings.targets]) + [rater_column]
     frame = pd.DataFrame(X, index=pd.MultiIndex.from_frame(ident[keys]))
     cells = frame.groupby(level=keys, sort=True).mean()
     wide = cells.unstack(rater_column)  # rows = targets; columns = (feature, rater)
@@ -216,16 +244,17 @@ def icc_matrix(table: FeatureTable, rows: np.ndarray, rater_column: str,
 def _view_groups(table: FeatureTable, view: str, settings: ICCSettings) -> list[tuple[dict, np.ndarray]]:
     """(labels, row mask) of every ICC matrix of a view ('dose': per scanner; 'scanner': per dose)."""
     ident = table.ident
-    group_col = "scanner" if view == "dose" else "dose_mgy"
+    group_col = VIEW_GROUPS[view]
+    used = ident["dose_mgy"].isin(settings.doses).to_numpy() if settings.doses else np.ones(len(ident), bool)
     groups: list[tuple[dict, np.ndarray]] = []
-    for value in sorted(ident[group_col].unique()):
-        in_group = (ident[group_col] == value).to_numpy()
+    for value in sorted(ident.loc[used, group_col].unique()):
+        in_group = used & (ident[group_col] == value).to_numpy()
         if settings.recon == "each":
             for recon in sorted(ident.loc[in_group, "recon"].unique()):
                 groups.append(({group_col: value, "recon": recon},
                                in_group & (ident["recon"] == recon).to_numpy()))
         else:
-            rater_col = "dose_mgy" if view == "dose" else "scanner"
+            rater_col = VIEW_RATERS[view]
             sub = ident.loc[in_group]
             n_raters = sub[rater_col].nunique()
             common = [r for r, g in sub.groupby("recon") if g[rater_col].nunique() == n_raters]
@@ -235,8 +264,8 @@ def _view_groups(table: FeatureTable, view: str, settings: ICCSettings) -> list[
 
 
 def icc_views(table: FeatureTable, settings: ICCSettings = ICCSettings(),
-              views: Sequence[str] = ("dose", "scanner")) -> pd.DataFrame:
-    """Per-feature ICC table of one extractor in both views.
+              views: Sequence[str] | None = None) -> pd.DataFrame:
+    """Per-feature ICC table of one extractor in the views ``views`` (default: ``settings.views``).
 
     Columns: extractor, view ('dose' = raters are doses within a scanner; 'scanner' = raters are
     scanners at one dose), scanner (or 'all'), dose_mgy (or NaN), recon, n_targets, n_raters, raters,
@@ -245,10 +274,10 @@ def icc_views(table: FeatureTable, settings: ICCSettings = ICCSettings(),
     Groups with fewer than ``settings.min_raters`` raters or fewer than 2 complete targets are skipped.
     """
     parts = []
-    for view in views:
-        if view not in ("dose", "scanner"):
+    for view in settings.views if views is None else views:
+        if view not in VIEW_RATERS:
             raise ValueError(f"unknown ICC view {view!r}; expected 'dose' or 'scanner'")
-        rater_col = "dose_mgy" if view == "dose" else "scanner"
+        rater_col = VIEW_RATERS[view]
         for labels, rows in _view_groups(table, view, settings):
             arr, targets, raters = icc_matrix(table, rows, rater_col, settings)
             if len(raters) < settings.min_raters or len(targets) < 2:
@@ -269,22 +298,28 @@ def icc_views(table: FeatureTable, settings: ICCSettings = ICCSettings(),
                 **res.columns(),
             }))
     if not parts:
-        raise ValueError(f"{table.name}: no ICC view has >= {settings.min_raters} raters and 2 complete targets")
+        doses = f" at {', '.join(f'{d:g}' for d in settings.doses)} mGy" if settings.doses else ""
+        raise ValueError(f"{table.name}: no ICC view has >= {settings.min_raters} raters and 2 complete "
+                         f"targets{doses}")
     return pd.concat(parts, ignore_index=True)
 
 
-def summarize_icc(per_feature: pd.DataFrame, thresholds: Sequence[float] = (0.75, 0.9)) -> pd.DataFrame:
-    """Summary per extractor x view x group (scanner or dose) x recon of the ICC(3,1) values.
+def summarize_icc(per_feature: pd.DataFrame, thresholds: Sequence[float] = (0.75, 0.9),
+                  statistic: str = "icc3_1") -> pd.DataFrame:
+    """Summary per extractor x view x group (scanner or dose) x recon of the ``statistic`` values
+    (``icc3_1`` or ``icc3_k``, clipped when the per-feature table is).
 
-    Columns: mean, median, sd, share_gt_<t> (share of included features with ICC(3,1) > t),
-    n_features (included), n_excluded (excluded features, listed with their reason in the per-feature
-    table).
+    Columns: the keys, statistic (the ICC summarised), mean, median, sd, share_gt_<t> (share of
+    included features with ICC > t), n_features (included), n_excluded (excluded features, listed with
+    their reason in the per-feature table).
     """
+    if statistic not in ("icc3_1", "icc3_k"):
+        raise ValueError(f"ICC summary statistic {statistic!r}; expected 'icc3_1' or 'icc3_k'")
     keys = ["extractor", "view", "scanner", "dose_mgy", "recon"]
     rows = []
     for key, g in per_feature.groupby(keys, dropna=False, sort=False):
-        ok = g.loc[g["status"] == "ok", "icc3_1"].to_numpy()
-        row = dict(zip(keys, key))
+        ok = g.loc[g["status"] == "ok", statistic].to_numpy()
+        row = {**dict(zip(keys, key)), "statistic": statistic}
         row.update(mean=ok.mean() if ok.size else np.nan, median=np.median(ok) if ok.size else np.nan,
                    sd=ok.std(ddof=1) if ok.size > 1 else np.nan)
         for t in thresholds:
