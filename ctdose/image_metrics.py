@@ -15,12 +15,12 @@ Which voxels count (:class:`MetricSettings`, written in every output's sidecar):
 
 * ``region``: ``"crop"`` = the paper code's unmasked bounding box of the phantom (reference series'
   voxels above -500 HU), every voxel in it; ``"phantom"`` = only voxels inside the phantom (same
-  threshold) within that box. SSIM is averaged over window centres in the region.
+  threshold) within that box. SSIM is averaged over window centers in the region.
 * ``shrink``: bin-shrink by this factor in each axis (mean of f^3 blocks, remainder dropped, as
   ``SimpleITK.BinShrink``) after cropping and clipping, before the metrics; the paper's Tables 3-5
   use 4, its Table 6 none.
 * coverage: a voxel of the reference grid counts only when the other series covers it (no voxel is
-  filled in and compared as air); SSIM centres need their whole window covered. The share of the
+  filled in and compared as air); SSIM centers need their whole window covered. The share of the
   region left out is reported per pair (``uncovered_fraction``).
 * a same-scan pair (two reconstructions of one acquisition, or both series with the same transform,
   e.g. the identity) is compared voxel for voxel without resampling when the two grids are equal
@@ -77,7 +77,7 @@ METRIC_CONSTANTS: dict[str, Any] = {
     "clip_hu": list(CLIP_HU), "psnr_peak_hu": PSNR_PEAK_HU, "data_range_hu": DATA_RANGE_HU,
     "ssim_window": SSIM_WINDOW, "ssim_sigma": SSIM_SIGMA, "c1": (0.01 * DATA_RANGE_HU) ** 2,
     "c2": (0.03 * DATA_RANGE_HU) ** 2, "phantom_threshold_hu": BODY_THRESHOLD_HU,
-    "coverage": "only voxels covered by both series; SSIM centres with their whole window covered",
+    "coverage": "only voxels covered by both series; SSIM centers with their whole window covered",
     "resampling": "linear, series onto the reference series' grid; none for a same-scan pair on one grid",
 }
 #: Metric columns of a measured pair.
@@ -169,7 +169,7 @@ def _window_mean(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE_HU, win_size: int = SSIM_WINDOW,
              sigma: float = SSIM_SIGMA, k1: float = 0.01, k2: float = 0.03) -> np.ndarray:
-    """SSIM at every window centre whose whole window lies inside (shape - (win_size - 1) per axis).
+    """SSIM at every window center whose whole window lies inside (shape - (win_size - 1) per axis).
 
     Population (co)variances under the Gaussian window, as MONAI's ``compute_ssim_and_cs``.
     """
@@ -178,7 +178,7 @@ def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE_HU, wi
         raise ValueError(f"image shapes differ: {a.shape} vs {b.shape}")
     if min(a.shape) < win_size:
         raise ValueError(f"the SSIM window ({win_size} voxels) does not fit in a volume of shape {a.shape}; "
-                         "use a smaller bin-shrink factor")
+                         "use a smaller bin-shrink factor (--scanner-shrink / --dose-shrink)")
     w = gaussian_window(win_size, sigma)
     ux, uy = _window_mean(a, w), _window_mean(b, w)
     vx = _window_mean(a * a, w) - ux * ux
@@ -188,10 +188,10 @@ def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE_HU, wi
     return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
 
 
-def ssim(a: np.ndarray, b: np.ndarray, centres: np.ndarray | None = None, chunk: int = 16) -> float:
-    """Mean SSIM over the window centres (boolean, shape of ``a``) whose window lies inside the volume.
+def ssim(a: np.ndarray, b: np.ndarray, centers: np.ndarray | None = None, chunk: int = 16) -> float:
+    """Mean SSIM over the window centers (boolean, shape of ``a``) whose window lies inside the volume.
 
-    Without ``centres``: every such centre (MONAI's ``SSIMMetric``). Computed in slabs of ``chunk``
+    Without ``centers``: every such center (MONAI's ``SSIMMetric``). Computed in slabs of ``chunk``
     slices plus half a window either side, so memory stays at a few slabs of a 512 x 512 volume.
     """
     a, b = np.asarray(a), np.asarray(b)
@@ -202,10 +202,10 @@ def ssim(a: np.ndarray, b: np.ndarray, centres: np.ndarray | None = None, chunk:
     pad = SSIM_WINDOW // 2
     keep = np.zeros(a.shape, bool)
     keep[tuple(slice(pad, s - pad) for s in a.shape)] = True
-    if centres is not None:
-        keep &= np.asarray(centres, dtype=bool)
+    if centers is not None:
+        keep &= np.asarray(centers, dtype=bool)
     if not keep.any():
-        raise ValueError(f"no SSIM window centre to average in the compared volume of shape {a.shape}")
+        raise ValueError(f"no SSIM window center to average in the compared volume of shape {a.shape}")
     total, count = 0.0, 0
     for z0 in range(pad, a.shape[0] - pad, chunk):
         z1 = min(z0 + chunk, a.shape[0] - pad)
@@ -303,14 +303,15 @@ def compare_volumes(series: Volume, series_transform: sitk.Transform | None, ref
     counted = inside & covered
     if not counted.any():
         raise ValueError(f"{name}: the series covers none of the reference's {region} region")
-    centres = counted
-    if not covered.all():  # a centre counts only when its whole window is covered
-        centres = counted & ndimage.minimum_filter(covered, size=SSIM_WINDOW, mode="nearest")
+    centers = counted
+    if not covered.all():  # a center counts only when its whole window is covered
+        centers = counted & ndimage.minimum_filter(covered, size=SSIM_WINDOW, mode="nearest")
     try:
-        ssim_value = ssim(moved, ref, centres)
+        ssim_value = ssim(moved, ref, centers)
     except ValueError as err:
-        raise ValueError(f"{name}: {err} (window centres need their whole window covered by both series; "
-                         f"a smaller bin-shrink factor than {shrink} leaves more)") from None
+        raise ValueError(f"{name}: {err} (window centers need their whole window covered by both series; "
+                         f"a smaller bin-shrink factor than {shrink} leaves more: --scanner-shrink / "
+                         "--dose-shrink)") from None
     return {"rmse_hu": rmse(moved, ref, counted), "psnr_db": psnr(moved, ref, counted),
             "ssim": ssim_value, "n_voxels": int(counted.sum()),
             "uncovered_fraction": float(1.0 - counted.sum() / inside.sum()), "resampled": resampled}

@@ -131,7 +131,7 @@ def test_silhouette_high_for_clusters_near_zero_for_random_labels():
     rng = np.random.default_rng(2)
     n = 150
     cls = np.repeat(["a", "b", "c"], n // 3)
-    X = rng.normal(size=(n, 4)) + 8.0 * np.eye(3, 4)[np.repeat([0, 1, 2], n // 3)]  # centres 11 sd apart
+    X = rng.normal(size=(n, 4)) + 8.0 * np.eye(3, 4)[np.repeat([0, 1, 2], n // 3)]  # centers 11 sd apart
     ident = pd.DataFrame({"roi_class": cls, "manufacturer": rng.choice(["M1", "M2"], n),
                           "scanner": rng.choice(["A1", "B1", "C1", "D1"], n), "dose_mgy": 10.0})
     out = silhouettes(X, ident, SilhouetteSettings()).set_index("label")

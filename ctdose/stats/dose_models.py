@@ -26,6 +26,7 @@ from sklearn.metrics import confusion_matrix
 from sklearn.model_selection import GroupKFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import Pipeline
+from tqdm.auto import tqdm
 
 from ctdose.features import FeatureTable
 from ctdose.stats.classify import chance_level, make_pipeline
@@ -124,6 +125,8 @@ def dose_models(table: FeatureTable, settings: DoseModelSettings) -> tuple[pd.Da
     level = np.searchsorted(levels, dose)  # class index: a dose like 2.5 mGy is a class, not a continuous target
     folds = grouped_folds(scanner_roi_groups(table.ident), settings.n_folds, settings.seed)
     X, rows, counts = table.X, [], {c: np.zeros((levels.size, levels.size), int) for c in settings.classifiers}
+    bar = tqdm(total=len(folds) * (len(settings.classifiers) + len(settings.regressors)),
+               desc=f"{table.name} dose models", unit="fit", leave=False)
     for f, (train, test) in enumerate(folds):
         base = {"extractor": table.name, "fold": f, "n_train": int(train.size), "n_test": int(test.size)}
         for name in settings.classifiers:
@@ -133,11 +136,14 @@ def dose_models(table: FeatureTable, settings: DoseModelSettings) -> tuple[pd.Da
             counts[name] += confusion_matrix(level[test], pred, labels=np.arange(levels.size))
             rows.append({**base, "task": "classification", "model": name,
                          "accuracy": float(np.mean(pred == level[test])), "chance": chance_level(level[test])})
+            bar.update()
         for name in settings.regressors:
             pred = make_model(name, "regressor", settings).fit(X[train], dose[train]).predict(X[test])
             rows.append({**base, "task": "regression", "model": name,
                          "mae_mgy": float(np.mean(np.abs(pred - dose[test]))),
                          "baseline_mae_mgy": float(np.mean(np.abs(dose[train].mean() - dose[test])))})
+            bar.update()
+    bar.close()
     confusion = pd.DataFrame([{"extractor": table.name, "model": name, "true_dose": t, "pred_dose": p,
                                "count": int(m[i, j])}
                               for name, m in counts.items() for i, t in enumerate(levels)
