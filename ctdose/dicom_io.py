@@ -593,6 +593,14 @@ def read_series_datasets(path: str | Path, series_uid: str | None = None, *,
     return next(iter(by_series.values()))
 
 
+
+def ct_slice_grid(ct_dir: str | Path, series_uid: str | None = None) -> tuple[list[Dataset], str, SliceGeometry]:
+    """A CT series' slice headers (no pixels), its SeriesInstanceUID and its slice geometry: the grid
+    that SEG frames and RTSTRUCT contours are placed on."""
+    ct_slices = read_series_datasets(ct_dir, series_uid, stop_before_pixels=True)
+    ct_uid = str(ct_slices[0].SeriesInstanceUID)
+    return ct_slices, ct_uid, slice_geometry(ct_slices, ct_uid)
+
 def volume_from_datasets(datasets: Iterable[Dataset]) -> Volume:
     """Stack CT slices (with pixel data) into a float32 HU Volume ordered along the slice normal."""
     datasets = list(datasets)

@@ -112,6 +112,18 @@ def patch_index_grid(volume: Volume, centers_mm: np.ndarray, transform: sitk.Tra
     return center_idx - half @ steps, steps
 
 
+@numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
+def _trilinear(flat, b, di, dj, dk, ti, tj, tk):  # pragma: no cover - compiled
+    """Trilinear value at flat offset ``b`` + fractions (ti, tj, tk) along the strides (di, dj, dk)."""
+    c00 = flat[b] + ti * (flat[b + di] - flat[b])
+    c01 = flat[b + dj] + ti * (flat[b + dj + di] - flat[b + dj])
+    c10 = flat[b + dk] + ti * (flat[b + dk + di] - flat[b + dk])
+    c11 = flat[b + dk + dj] + ti * (flat[b + dk + dj + di] - flat[b + dk + dj])
+    c0 = c00 + tj * (c01 - c00)
+    c1 = c10 + tj * (c11 - c10)
+    return c0 + tk * (c1 - c0)
+
+
 @numba.njit(nogil=True, cache=True, fastmath=False, boundscheck=False)
 def _inside_row(flat, strides, clamp_hi, start, step, out_row, base, frac):
     """Trilinear values along one grid row whose both ends lie within the voxel centers."""
@@ -135,13 +147,7 @@ def _inside_row(flat, strides, clamp_hi, start, step, out_row, base, frac):
     for u in range(out_row.shape[0]):
         b = np.uint64(base[u])
         ti, tj, tk = frac[0, u], frac[1, u], frac[2, u]
-        c00 = flat[b] + ti * (flat[b + di] - flat[b])
-        c01 = flat[b + dj] + ti * (flat[b + dj + di] - flat[b + dj])
-        c10 = flat[b + dk] + ti * (flat[b + dk + di] - flat[b + dk])
-        c11 = flat[b + dk + dj] + ti * (flat[b + dk + dj + di] - flat[b + dk + dj])
-        c0 = c00 + tj * (c01 - c00)
-        c1 = c10 + tj * (c11 - c10)
-        out_row[u] = c0 + tk * (c1 - c0)
+        out_row[u] = _trilinear(flat, b, di, dj, dk, ti, tj, tk)
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False)
@@ -166,13 +172,7 @@ def _edge_row(flat, strides, clamp_hi, upper, start, step, fill, tol, out_row):
         k0 = min(np.int64(k), clamp_hi[2])
         ti, tj, tk = np.float32(i - i0), np.float32(j - j0), np.float32(k - k0)
         b = k0 * dk + j0 * dj + i0  # an axis of one voxel has index 0: its zero offset does no harm
-        c00 = flat[b] + ti * (flat[b + di] - flat[b])
-        c01 = flat[b + dj] + ti * (flat[b + dj + di] - flat[b + dj])
-        c10 = flat[b + dk] + ti * (flat[b + dk + di] - flat[b + dk])
-        c11 = flat[b + dk + dj] + ti * (flat[b + dk + dj + di] - flat[b + dk + dj])
-        c0 = c00 + tj * (c01 - c00)
-        c1 = c10 + tj * (c11 - c10)
-        out_row[u] = c0 + tk * (c1 - c0)
+        out_row[u] = _trilinear(flat, b, di, dj, dk, ti, tj, tk)
     return outside
 
 

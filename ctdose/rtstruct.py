@@ -19,7 +19,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 from skimage.draw import polygon
 
-from ctdose.dicom_io import read_series_datasets, slice_geometry
+from ctdose.dicom_io import ct_slice_grid
 from ctdose.rois import RoiSet, default_rois
 
 #: SOP Class UID of RT Structure Set Storage.
@@ -44,9 +44,7 @@ def read_rtstruct_label_map(rtstruct_path: str | Path, ct_dir: str | Path, serie
     rois = rois or default_rois()
     required = rois.names if required is None else tuple(required)
     rtstruct_path = Path(rtstruct_path)
-    ct_slices = read_series_datasets(ct_dir, series_uid, stop_before_pixels=True)
-    ct_uid = str(ct_slices[0].SeriesInstanceUID)
-    geom = slice_geometry(ct_slices, ct_uid)
+    ct_slices, ct_uid, geom = ct_slice_grid(ct_dir, series_uid)
     ds = _read(rtstruct_path)
     where = f"RTSTRUCT {rtstruct_path} and CT series {ct_uid} in {ct_dir}"
 

@@ -22,7 +22,7 @@ from pydicom.uid import generate_uid
 
 from ctdose import __version__
 from ctdose.atomic import atomic_path
-from ctdose.dicom_io import read_series_datasets, slice_geometry
+from ctdose.dicom_io import ct_slice_grid, slice_geometry
 from ctdose.naming import ROI_CLASSES, ROI_NAMES, normalise_roi_label
 from ctdose.rois import RoiSet, default_rois
 
@@ -135,9 +135,7 @@ def read_seg_label_map(seg_path: str | Path, ct_dir: str | Path, series_uid: str
     rois = rois or default_rois()
     required = rois.names if required is None else tuple(required)
     seg_path = Path(seg_path)
-    ct_slices = read_series_datasets(ct_dir, series_uid, stop_before_pixels=True)
-    ct_uid = str(ct_slices[0].SeriesInstanceUID)
-    geom = slice_geometry(ct_slices, ct_uid)
+    ct_slices, ct_uid, geom = ct_slice_grid(ct_dir, series_uid)
     slice_of_sop = {str(ct_slices[n].SOPInstanceUID): k for k, n in enumerate(geom.order)}
     try:
         seg = hd.seg.segread(seg_path)
