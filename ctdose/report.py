@@ -183,8 +183,11 @@ def icc_section(layout: ResultsLayout) -> Section:
     if summary is None:
         return sec
     side = record.get("settings", {})
-    sec.notes.append("ICC(3,1), two-way mixed, consistency. 'Across doses': per scanner, targets = ROI patches, "
-                     "raters = doses. 'Across scanners': per dose, raters = scanners. Settings: "
+    stat = {"icc3_1": "ICC(3,1)", "icc3_k": "ICC(3,k)"}.get(side.get("statistic", "icc3_1"), "ICC(3,1)")
+    targets = ("ROIs (patch features averaged per ROI)" if side.get("targets") == "roi" else "ROI patches")
+    sec.notes.append(f"{stat}, two-way mixed, consistency (protocol {side.get('protocol', 'toolkit')}). 'Across "
+                     f"doses': per scanner, targets = {targets}, raters = doses. 'Across scanners': per dose, "
+                     "raters = scanners. Settings: "
                      + ", ".join(f"{k} = {side[k]}" for k in ("recon", "repetitions", "standardize", "clip") if k in side)
                      + (". Negative ICCs were clipped to 0." if side.get("clip") else ". ICCs are not clipped."))
     sec.notes.append(f"{layout.icc_per_feature.name} gives ICC(3,1) and ICC(3,k) per feature with 95 % F-based "
@@ -196,9 +199,9 @@ def icc_section(layout: ResultsLayout) -> Section:
         sec.notes.append(f"{excluded} feature x group ICCs were excluded ({reasons or 'see the table'}); "
                          f"they are listed with the reason in {layout.icc_per_feature.name}.")
     cell = lambda g: f"{g['mean'].mean():.2f} ({100 * g['share_gt_0.75'].mean():.0f}%)"  # noqa: E731
-    for view, col, caption in (("scanner", "dose_mgy", "Mean ICC(3,1) across scanners, extractor x dose "
+    for view, col, caption in (("scanner", "dose_mgy", f"Mean {stat} across scanners, extractor x dose "
                                                        "(share of features > 0.75)"),
-                               ("dose", "scanner", "Mean ICC(3,1) across doses, extractor x scanner "
+                               ("dose", "scanner", f"Mean {stat} across doses, extractor x scanner "
                                                    "(share of features > 0.75)")):
         sub = summary[summary["view"] == view]
         if sub.empty:
@@ -207,7 +210,7 @@ def icc_section(layout: ResultsLayout) -> Section:
         wide.columns = [f"{c:g} mGy" if isinstance(c, float) else str(c) for c in wide.columns]
         sec.tables.append((caption, wide.reset_index()))
     pooled = record.get("boxplot_caption", "Reconstructions pooled: not recorded (re-run the ICC step).")
-    sec.figure(record, f"ICC(3,1) per feature, extractors side by side: {int(summary['n_features'].sum())} included "
+    sec.figure(record, f"{stat} per feature, extractors side by side: {int(summary['n_features'].sum())} included "
                f"feature x group values over {len(summary)} extractor x view x group rows. {pooled}", layout.icc_boxplots)
     return sec
 

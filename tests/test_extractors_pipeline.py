@@ -71,6 +71,7 @@ def test_radiomics_patch_table_and_resume_after_crash(results, tmp_path):
     assert list(table.ident["roi"][:6]) == list(ROI_NAMES) and set(table.ident["patch"]) == {0}
     assert all(n.startswith("radiomics_original_") for n in table.feature_names) and len(table.feature_names) > 80
     sidecar = json.loads(layout.feature_table("radiomics").with_suffix(".json").read_text())
+    assert sidecar["settings"]["protocol"] == "toolkit"  # the protocol is named beside every table
     assert sidecar["n_features"] == len(table.feature_names) and sidecar["settings"]["params"]["setting"]["binWidth"] == 25
     first = layout.feature_table("radiomics").read_text()
 

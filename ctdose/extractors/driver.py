@@ -350,7 +350,8 @@ def prepare(args: argparse.Namespace, name: str,
 
 
 def selection_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The shared flags as a plain dict for the sidecar."""
+    """The shared flags as a plain dict for the merged table's sidecar (the protocol is named there; a
+    partial depends only on what changes its values, so switching protocols re-merges, never re-extracts)."""
     keys = ("scanners", "doses", "recons", "max_series", "patches_per_roi", "patch_size",
-            "patch_spacing", "max_outside_share")
-    return {k: getattr(args, k) for k in keys}
+            "patch_spacing", "max_outside_share", "protocol")
+    return {k: getattr(args, k, None) for k in keys}
