@@ -25,7 +25,6 @@ import sys
 from ctdose.atomic import write_csv
 from ctdose.catalog import read_catalog
 from ctdose.cli import run_main
-from ctdose.csv_io import csv_errors_named
 from ctdose.image_metrics import (RECON_PAIRINGS, REGIONS, MetricSettings, figure_plan, measure_pairs,
                                   metric_pairs, metric_tables, pair_jobs, scanner_matrix)
 from ctdose.layout import ResultsLayout, repo_path
@@ -84,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                               dose_shrink=args.dose_shrink, scanner_shrink=args.scanner_shrink)
     layout = ResultsLayout(args.results)
     verify(layout.catalog, layout.command("prepare"))
-    with csv_errors_named(layout.catalog):
-        catalog = read_catalog(layout.catalog)
+    catalog = read_catalog(layout.catalog)  # an unparsable CSV is named by the one CSV reader
     pairs = metric_pairs(catalog, settings)
     if pairs.empty:
         raise ValueError(f"no series pairs to compare in {layout.catalog} "

@@ -1,7 +1,7 @@
 """Reading CSV files with one clear error: a file pandas cannot parse is named, never a bare parser message.
 
 pandas reports a malformed CSV as ``Error tokenizing data. C error: Expected 3 fields in line 5, saw 4``
-without saying which file; :func:`csv_errors_named` turns that (and an empty or non-UTF-8 file) into
+without saying which file; :func:`read_csv` turns that (and an empty or non-UTF-8 file) into
 a ``ValueError`` that starts with the path, which the scripts print as one ``error:`` line.
 """
 
@@ -16,7 +16,7 @@ import pandas as pd
 
 
 @contextlib.contextmanager
-def csv_errors_named(path: str | os.PathLike) -> Iterator[None]:
+def _csv_errors_named(path: str | os.PathLike) -> Iterator[None]:
     """Re-raise a pandas parse error, an empty file or bad bytes read inside the block as
     ``ValueError("<path>: unreadable CSV (<reason>)")``."""
     try:
@@ -31,5 +31,5 @@ def read_csv(path: str | os.PathLike, **kwargs: Any) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
-    with csv_errors_named(path):
+    with _csv_errors_named(path):
         return pd.read_csv(path, **kwargs)

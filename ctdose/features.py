@@ -18,7 +18,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from ctdose.csv_io import csv_errors_named
+from ctdose.csv_io import read_csv
 from ctdose.layout import IDENTITY_COLUMNS, TEXT_DTYPES, ResultsLayout, feature_columns
 from ctdose.provenance import read_sidecar, verify
 
@@ -61,8 +61,7 @@ def read_feature_table(path: str | os.PathLike, name: str | None = None,
     if not path.exists():
         raise FileNotFoundError(f"feature table {path} not found")
     name = name or path.stem
-    with csv_errors_named(path):
-        df = pd.read_csv(path, dtype=TEXT_DTYPES)
+    df = read_csv(path, dtype=TEXT_DTYPES)
     missing = [c for c in IDENTITY_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: missing identity column(s) {', '.join(missing)}")

@@ -243,9 +243,9 @@ def partial_is_current(job: SeriesJob) -> bool:
 def run_job(job: SeriesJob, compute: Callable[[SeriesJob], pd.DataFrame]) -> str:
     """Write ``job``'s partial table unless it is current; returns its path. Errors name the series."""
     path = Path(job.partial_path)
-    if partial_is_current(job):
-        return str(path)
     settings, inputs = partial_settings(job), partial_inputs(job)
+    if is_current(path, settings, inputs):
+        return str(path)
     try:
         frame = compute(job)
         check_finite(frame)
