@@ -6,8 +6,14 @@ and .pdf, with the 2-D embedding (identity columns + umap_1, umap_2) in umap_<ex
 settings in its .json sidecar (ctdose.stats.embedding: features constant over all rows dropped, the
 rest z-scored). --protocol picks the defaults (ctdose.protocols): toolkit and dataset-paper =
 n_neighbors 100, min_dist 1.0, 1000 epochs (the dataset paper's); study = n_neighbors 20, min_dist 0.5
-(the study's code), 200 epochs. Explicit flags override; n_neighbors is capped at rows - 1. Each input table is checked against its extractor's sidecar;
-a re-run skips extractors whose outputs are current (same table, same settings).
+(the study's code), 200 epochs. Explicit flags override; n_neighbors is capped at rows - 1.
+Beside it, per extractor, the papers' layouts (ctdose.stats.embedding.paper_umaps), each with its caption
+in the sidecar: umap_fig5_roi_<extractor> (the dataset paper's Fig. 5: one ROI, every --figure-dose
+series, by scanner and manufacturer), umap_fig6_rois_<extractor> (Fig. 6: every ROI at that dose, by
+manufacturer and ROI class), both fitted on their rows alone, and umap_per_scanner_<extractor> (the
+study code's UMAP per scanner, coloured by dose). A figure without rows is skipped with the reason in
+the sidecar. Each input table is checked against its extractor's sidecar; a re-run skips extractors
+whose outputs are current (same table, same settings).
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from tqdm.auto import tqdm
 
@@ -22,14 +29,18 @@ from ctdose.atomic import write_csv
 from ctdose.cli import run_main
 from ctdose.features import EXTRACTORS, available_tables, load_tables
 from ctdose.layout import ResultsLayout, repo_path
-from ctdose.plots import figure_files, umap_panels
+from ctdose.plots import figure_files, paper_umap_figure, umap_panels
 from ctdose.protocols import get_protocol, parse_with_protocol
-from ctdose.provenance import is_current, write_sidecar
-from ctdose.stats.embedding import UMAPSettings, embed, embedding_frame
+from ctdose.provenance import is_current, read_sidecar, write_sidecar
+from ctdose.stats.embedding import (PAPER_FIGURES, PER_SCANNER_MODES, UMAPSettings, embed, embedding_frame,
+                                    paper_umaps)
 
 # --- settings ---
 RESULTS = "results"   # reads features/, writes analysis/umap/ (repo-relative)
 SEED = 0              # UMAP random_state (fixes the layout; single-threaded)
+FIGURE_DOSE = 10.0    # dose (mGy) of the dataset paper's Figs. 5 and 6
+FIGURE_ROI = ""       # ROI of Fig. 5 ("" = the first ROI in the feature table)
+PER_SCANNER = "shared"  # UMAP per scanner: "shared" (all-rows embedding split by scanner) or "fit" (one per scanner)
 # n_neighbors, min_dist and epochs come from the --protocol preset (ctdose/protocols.py; default
 # toolkit: 100 / 1.0 / 1000) unless given as flags; fewer epochs is fine for a quick look
 # --- end settings ---
@@ -44,30 +55,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-dist", type=float, help="UMAP min_dist (default: %(default)s)")
     p.add_argument("--epochs", type=int, help="UMAP n_epochs (default: %(default)s)")
     p.add_argument("--seed", type=int, default=SEED, help="default: %(default)s")
+    p.add_argument("--figure-dose", type=float, default=FIGURE_DOSE,
+                   help="dose of the paper's Figs. 5-6 in mGy (default: %(default)s)")
+    p.add_argument("--figure-roi", default=FIGURE_ROI, help="ROI of Fig. 5 (default: the table's first ROI)")
+    p.add_argument("--per-scanner", choices=PER_SCANNER_MODES, default=PER_SCANNER,
+                   help="UMAP per scanner: split the all-rows embedding (shared) or fit one per scanner (fit); "
+                        "default: %(default)s")
     p.add_argument("--force", action="store_true", help="recompute even if outputs are up to date")
     return parse_with_protocol(p, argv, lambda protocol: asdict(protocol.umap), "--n-neighbors --min-dist --epochs")
+
+
+def _paper_figures(layout: ResultsLayout, name: str) -> list[Path]:
+    """The paper-layout figure files the last run of ``name`` wrote (those it skipped left out)."""
+    try:
+        skipped = (read_sidecar(layout.umap_table(name)) or {}).get("figures_skipped", {})
+    except ValueError:  # a corrupt sidecar: is_current says so
+        skipped = {}
+    return [f for kind in PAPER_FIGURES if kind not in skipped
+            for f in figure_files(layout.umap_paper_figure(name, kind))]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     layout = ResultsLayout(args.results)
     settings = UMAPSettings(args.n_neighbors, args.min_dist, args.epochs, args.seed)
-    record = {**settings.as_dict(), "protocol": args.protocol}
+    record = {**settings.as_dict(), "protocol": args.protocol, "figure_dose": args.figure_dose,
+              "figure_roi": args.figure_roi, "per_scanner": args.per_scanner}
     tables = available_tables(layout.root, args.extractors)
     if not tables:
         raise FileNotFoundError(f"no feature tables under {layout.features_dir}")
     done = 0
     for name, path in tqdm(tables.items(), desc="UMAP", unit="extractor"):
         out, figures = layout.umap_table(name), figure_files(layout.umap_figure(name))
-        if not args.force and is_current(out, record, [path], figures):
+        if not args.force and is_current(out, record, [path], figures + _paper_figures(layout, name)):
             continue
         table = load_tables(layout.root, [name])[name]
         emb = embed(table, settings)
-        umap_panels(emb, table.ident, f"{name}{' (UNTRAINED weights)' if table.untrained else ''}",
-                    layout.umap_figure(name))
+        title = f"{name}{' (UNTRAINED weights)' if table.untrained else ''}"
+        umap_panels(emb, table.ident, title, layout.umap_figure(name))
+        captions, skipped = {}, {}
+        for fig in paper_umaps(table, emb, settings, args.figure_dose, args.figure_roi, args.per_scanner):
+            stem = layout.umap_paper_figure(name, fig.kind)
+            for f in figure_files(stem):  # a figure skipped now must not survive from an earlier run
+                f.unlink(missing_ok=True)
+            if fig.skipped:
+                skipped[fig.kind] = fig.skipped
+                continue
+            figures += paper_umap_figure(fig, title, stem)
+            captions[fig.kind] = fig.caption
         write_csv(embedding_frame(table, emb), out)
-        write_sidecar(out, record, inputs=[path], outputs=figures, untrained=table.untrained,
-                      protocol_reproduces=get_protocol(args.protocol).reproduces)
+        write_sidecar(out, record, inputs=[path], outputs=figures,
+                      untrained=table.untrained, protocol_reproduces=get_protocol(args.protocol).reproduces,
+                      figure_captions=captions, figures_skipped=skipped)
         done += 1
     print(f"UMAP: {done} extractor(s) embedded, {len(tables) - done} up to date; figures in {layout.umap_dir}")
     return 0

@@ -49,9 +49,15 @@ RADIOMICS_PATCHES_PER_ROI = 2  # quick: 1
 
 def phantom_volume(seed: int, n_pix: int = 256, n_slices: int = 56) -> Volume:
     """The twin's phantom on a 0.6836 mm x 2 mm grid with 15 HU Gaussian noise."""
-    from ctdose.twin.phantom import ScanGrid, build_phantom
+    import dataclasses
 
-    grid = ScanGrid(n_pix=n_pix, pixel_mm=0.6836, n_slices=n_slices, slice_mm=2.0)
+    from ctdose.twin.generate import scan_grid
+    from ctdose.twin.phantom import build_phantom
+    from ctdose.twin.presets import get_preset
+    from ctdose.twin.scanners import get_scanner
+
+    preset = get_preset("demo").with_overrides(region_px=n_pix, slice_mm=2.0, increment_mm=2.0)
+    grid = dataclasses.replace(scan_grid(preset, get_scanner("A1")), n_slices=n_slices)
     image = build_phantom(grid, texture_seed=0, z_subsamples=1)
     noise = np.random.default_rng(seed).normal(0.0, 15.0, image.hu.shape).astype(np.float32)
     return Volume(image.hu + noise, grid.origin, grid.spacing)

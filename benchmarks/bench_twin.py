@@ -34,8 +34,8 @@ def throughput(n_slices: int) -> None:
     from ctdose.twin.projector import ParallelBeam, fbp, project
 
     preset = get_preset("demo")
-    grid = ph.ScanGrid(preset.n_pix, preset.pixel_mm, 56, 2.0)
-    images = ph.build_phantom(grid, 0, ph.Pose(), 1, slice(20, 20 + n_slices)).hu
+    grid = ph.ScanGrid(preset.n_pix, preset.pixel_mm, n_slices, 2.0, 2.0)
+    images = ph.build_phantom(grid, 0, ph.Pose(), 1).hu
     images = np.clip(images + 1000.0, 0, None).astype(np.float32) / 1000.0
     geom = ParallelBeam.for_matrix(preset.n_pix)
     theta = np.degrees(geom.angles)
@@ -59,41 +59,40 @@ def throughput(n_slices: int) -> None:
 
 
 def noise_table(scanners: list[str]) -> None:
-    from ctdose.naming import DOSE_LEVELS_MGY
+    import dataclasses
+
+    from ctdose.naming import DOSE_LEVELS_MGY, ROI_NAMES
+    from ctdose.twin import imaging
     from ctdose.twin import phantom as ph
-    from ctdose.twin.acquisition import acquire_counts, counts_to_line_integrals, hu_to_mu
-    from ctdose.twin.generate import calibrate, expected_noise_hu
+    from ctdose.twin.generate import calibrate, expected_noise_hu, scan_grid
     from ctdose.twin.presets import get_preset
-    from ctdose.twin.projector import ParallelBeam, project
-    from ctdose.twin.recon import denoise, fbp_hu
+    from ctdose.twin.recon import denoise
     from ctdose.twin.scanners import MU_WATER_PER_MM, get_scanner
 
     preset = get_preset("demo")
-    print(f"\n[2] noise std (HU) in normal liver, demo grid; FBP / IR / DL per dose (mGy)")
+    print("\n[2] noise std (HU) in normal liver, demo grid (3 slices through the ROIs); FBP / IR / DL per dose (mGy)")
     print(f"{'scanner':8s}{'kernel':10s}{'photons/ray/mGy':>16s}  "
           + "".join(f"{d:>20g}" for d in DOSE_LEVELS_MGY))
     for code in scanners:
         profile = get_scanner(code)
-        cal = calibrate(profile, preset.n_pix, preset.pixel_mm)
-        n_slices = int(np.ceil(preset.z_extent_mm / profile.slice_mm - 1e-9))
-        grid = ph.ScanGrid(preset.n_pix, preset.pixel_mm, n_slices, profile.slice_mm)
-        z = grid.origin[2] + np.arange(n_slices) * profile.slice_mm
-        keep = np.nonzero(np.abs(z + 8.0) <= 6.0)[0]
-        phantom = ph.build_phantom(grid, 1, ph.Pose(), 1, slice(keep[0], keep[-1] + 1))
-        normal = np.isin(phantom.rois, [5, 6])
+        grid = scan_grid(preset, profile)
+        cal = calibrate(profile, grid)
+        small = dataclasses.replace(grid, n_slices=3)
         mu_w = MU_WATER_PER_MM[profile.kvp]
-        geom = ParallelBeam.for_matrix(preset.n_pix)
-        line = project(hu_to_mu(phantom.hu, mu_w), geom, preset.pixel_mm)
-        args = (geom, preset.pixel_mm, mu_w, profile.window, profile.cutoff)
-        clean = fbp_hu(line, *args)
+        n_angles = imaging.n_angles_for(small)
+        body = imaging.body_line_integrals(small, ph.Pose(), imaging.slab_positions(small)[0], mu_w, n_angles)
+        phantom = ph.build_phantom(small, 1, ph.Pose(), preset.z_subsamples, margin=imaging.SIGNAL_MARGIN)
+        clean = imaging.signal_image(phantom, profile)
+        normal = np.isin(phantom.rois, [ROI_NAMES.index("normal1") + 1, ROI_NAMES.index("normal2") + 1])
         rng = np.random.default_rng(2024)
         cells = []
         for dose in DOSE_LEVELS_MGY:
             photons = cal["photons_per_ray_per_mgy"] * dose
-            img = fbp_hu(counts_to_line_integrals(acquire_counts(line, photons, rng), photons), *args)
+            img = clean + imaging.acquisition_noise(body, small, profile, mu_w, photons, rng)
             sigma = expected_noise_hu(profile, dose)
-            vals = [img] + [denoise(img, r, sigma) for r in ("IR", "DL") if r == "IR" or profile.has_dl]
-            cleans = [clean] + [denoise(clean, r, sigma) for r in ("IR", "DL") if r == "IR" or profile.has_dl]
+            recons = [r for r in profile.recons_at(dose) if r != "FBP"]
+            vals = [img] + [denoise(img, r, sigma, profile.ir_strength) for r in recons]
+            cleans = [clean] + [denoise(clean, r, sigma, profile.ir_strength) for r in recons]
             stds = [float((v - c)[normal].std()) for v, c in zip(vals, cleans)]
             cells.append(" / ".join(f"{s:.1f}" for s in stds))
         print(f"{code:8s}{profile.kernel:10s}{cal['photons_per_ray_per_mgy']:16.0f}  "

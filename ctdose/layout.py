@@ -177,6 +177,10 @@ class ResultsLayout:
         """Figure stem."""
         return self.umap_dir / f"umap_{extractor}"
 
+    def umap_paper_figure(self, extractor: str, kind: str) -> Path:
+        """Figure stem of a paper-layout UMAP (kind: ``fig5_roi``, ``fig6_rois``, ``per_scanner``)."""
+        return self.umap_dir / f"umap_{kind}_{extractor}"
+
     @property
     def cross_dose(self) -> Path:
         return self.analysis_dir / "classify_cross_dose.csv"
@@ -225,6 +229,21 @@ class ResultsLayout:
         return self.analysis_dir / "image_metrics_scanner_pairs.csv"
 
     @property
+    def image_metrics_vs_paper_dose(self) -> Path:
+        """Our Table 6 layout beside the dataset paper's, per scanner x dose x metric (ctdose.published)."""
+        return self.analysis_dir / "image_metrics_vs_paper_table6.csv"
+
+    @property
+    def image_metrics_vs_paper_scanner(self) -> Path:
+        """Our scanner pairs beside the dataset paper's Tables 3-5, per metric x pair (ctdose.published)."""
+        return self.analysis_dir / "image_metrics_vs_paper_pairs.csv"
+
+    @property
+    def image_metrics_vs_paper_figure(self) -> Path:
+        """Figure stem: our image metrics against the paper's, per metric (Table 6 cells and scanner pairs)."""
+        return self.image_metrics_figures_dir / "vs_paper_scatter"
+
+    @property
     def image_metrics_partial_dir(self) -> Path:
         return self.analysis_dir / "image_metrics_partial"
 
@@ -235,6 +254,10 @@ class ResultsLayout:
     @property
     def image_metrics_figures_dir(self) -> Path:
         return self.analysis_dir / "image_metrics"
+
+    def texture_figure(self) -> Path:
+        """Figure stem of the registered texture per scanner (the dataset paper's Fig. 4)."""
+        return self.image_metrics_figures_dir / "fig4_texture"
 
     def image_metrics_figure(self, name: str) -> Path:
         """Figure stem (``vs_dose_<metric>_<recon>`` bars, ``vs_scanner_<metric>_<recon>`` matrix)."""

@@ -232,6 +232,47 @@ def metric_matrix(matrix: pd.DataFrame, metric: str, title: str, stem: str | os.
     return save_figure(fig, stem)
 
 
+def ours_vs_published(dose_cells: pd.DataFrame, pair_cells: pd.DataFrame, title: str,
+                      stem: str | os.PathLike, caption: str = "") -> list[Path]:
+    """One scatter panel per metric: our mean (y) against the published mean (x), with the identity line.
+
+    ``dose_cells``: Table 6 cells, ``pair_cells``: scanner-pair cells (columns metric, twin_mean,
+    paper_mean, status; pair cells also diagonal), as :mod:`ctdose.published` writes them; only rows with
+    status "compared" are drawn (circles: Table 6, triangles: scanner pairs, squares: their diagonal).
+    ``caption`` below the panels.
+    """
+    metrics = list(dict.fromkeys([*dose_cells["metric"], *pair_cells["metric"]]))
+    if not metrics:
+        raise ValueError("no cells to draw")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.6 * len(metrics), 4.4), squeeze=False)
+    diagonal = pair_cells["diagonal"].astype(str).str.lower() == "true" if len(pair_cells) else pd.Series(dtype=bool)
+    groups = [("Table 6 (vs 14 mGy)", dose_cells, None, "o", "tab:blue"),
+              ("scanner pairs", pair_cells, False, "^", "tab:orange"),
+              ("repeated scans (diagonal)", pair_cells, True, "s", "tab:green")]
+    for ax, metric in zip(axes[0], metrics):
+        lo, hi = np.inf, -np.inf
+        for label, cells, diag, marker, colour in groups:
+            sel = (cells["metric"] == metric) & (cells["status"] == "compared")
+            if diag is not None:
+                sel &= diagonal == diag
+            x, y = cells.loc[sel, "paper_mean"].to_numpy(float), cells.loc[sel, "twin_mean"].to_numpy(float)
+            if x.size:
+                ax.scatter(x, y, s=16, marker=marker, color=colour, alpha=0.75, label=f"{label}, {x.size}")
+                lo, hi = min(lo, x.min(), y.min()), max(hi, x.max(), y.max())
+        if np.isfinite(lo):
+            pad = 0.05 * (hi - lo or abs(hi) or 1.0)
+            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="grey", lw=0.8, ls="--", label="identity")
+            ax.legend(fontsize=7, loc="best")
+        else:
+            ax.text(0.5, 0.5, "no cell compared", ha="center", va="center", transform=ax.transAxes)
+        ax.set(xlabel=f"published {metric}", ylabel=f"ours {metric}", title=metric)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    if caption:
+        fig.text(0.01, -0.02, caption, fontsize=7, ha="left", va="top", wrap=True)
+    return save_figure(fig, stem)
+
+
 def confusion_panels(confusion: pd.DataFrame, title: str, stem: str | os.PathLike,
                      caption: str = "") -> list[Path]:
     """One confusion-matrix panel per ``model`` of ``confusion`` (long: model, true_dose, pred_dose,
@@ -259,3 +300,120 @@ def confusion_panels(confusion: pd.DataFrame, title: str, stem: str | os.PathLik
     if caption:
         fig.text(0.01, -0.04, caption, fontsize=7, ha="left", va="top", wrap=True)
     return save_figure(fig, stem)
+
+
+# --------------------------------------------------------------------------- paper figures (Figs. 4-6)
+
+from typing import TYPE_CHECKING  # noqa: E402
+
+
+def _category_colours(levels: list[str]) -> dict[str, tuple]:
+    """One colour per level: tab10 up to 10 levels, tab20 up to 20, then a cycle through tab20."""
+    cmap = plt.get_cmap("tab10" if len(levels) <= 10 else "tab20")
+    return {level: cmap(n % cmap.N) for n, level in enumerate(levels)}
+
+
+def _caption_below(fig: plt.Figure, caption: str, y: float = -0.02) -> None:
+    if caption:
+        fig.text(0.01, y, caption, fontsize=7, ha="left", va="top", wrap=True)
+
+
+def umap_category_panels(embedding: np.ndarray, ident: pd.DataFrame, columns: list[tuple[str, str]],
+                         title: str, stem: str | os.PathLike, caption: str = "") -> list[Path]:
+    """One scatter panel of a 2-D embedding (rows, 2) per (identity column, label) of ``columns``,
+    each coloured by that column's levels (the dataset paper's Figs. 5-6); ``caption`` below them."""
+    embedding = np.asarray(embedding, float)
+    if embedding.ndim != 2 or embedding.shape[1] != 2 or len(embedding) != len(ident):
+        raise ValueError(f"embedding of shape {embedding.shape} does not match {len(ident)} identity rows x 2")
+    fig, axes = plt.subplots(1, len(columns), figsize=(7.0 * len(columns), 4.8), squeeze=False)
+    fig.subplots_adjust(wspace=0.45)  # room for each panel's legend outside its axes
+    for ax, (column, label) in zip(axes[0], columns):
+        values = ident[column].astype(str).to_numpy()
+        colours = _category_colours(sorted(set(values)))
+        for level, colour in colours.items():
+            sel = values == level
+            ax.scatter(embedding[sel, 0], embedding[sel, 1], s=8, color=colour, alpha=0.8, label=level)
+        ax.legend(title=label, fontsize=7, markerscale=2, ncol=1 + (len(colours) > 10),
+                  bbox_to_anchor=(1.01, 1), loc="upper left")
+        ax.set(xlabel="UMAP 1", ylabel="UMAP 2", title=f"{title}: by {label}")
+    _caption_below(fig, caption)
+    return save_figure(fig, stem)
+
+
+def umap_small_multiples(panels: dict[str, tuple[np.ndarray, pd.DataFrame]], colour: str, title: str,
+                         stem: str | os.PathLike, caption: str = "", columns: int = 5) -> list[Path]:
+    """Small multiples: one scatter panel per key of ``panels`` (e.g. per scanner: its embedding (rows, 2)
+    and identity rows), every panel coloured by the levels of ``colour`` (e.g. dose_mgy) with one legend
+    for all; ``caption`` below the grid."""
+    if not panels:
+        raise ValueError("no panels to draw")
+    levels = sorted({v for _, ident in panels.values() for v in ident[colour]},
+                    key=lambda v: (not isinstance(v, (int, float)), v))
+    cmap = plt.get_cmap("plasma")
+    shades = {v: cmap(0.9 * n / max(len(levels) - 1, 1)) for n, v in enumerate(levels)}
+    ncol = min(columns, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.0 * nrow + 0.6), squeeze=False)
+    for ax in axes.ravel()[len(panels):]:
+        ax.set_visible(False)
+    for ax, (key, (emb, ident)) in zip(axes.ravel(), panels.items()):
+        emb = np.asarray(emb, float)
+        for v in levels:
+            sel = (ident[colour] == v).to_numpy()
+            if sel.any():
+                ax.scatter(emb[sel, 0], emb[sel, 1], s=5, color=shades[v], alpha=0.8)
+        ax.set_title(f"{key} ({len(emb)} rows)", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    handles = [plt.Line2D([], [], ls="", marker="o", color=shades[v], label=f"{v:g}" if isinstance(v, float) else str(v))
+               for v in levels]
+    fig.legend(handles=handles, title=colour.replace("_mgy", " (mGy)"), loc="upper right", fontsize=8)
+    fig.suptitle(title)
+    _caption_below(fig, caption, y=0.0)
+    return save_figure(fig, stem)
+
+
+def window_to_grey(hu: np.ndarray, level: float = 50.0, width: float = 400.0) -> np.ndarray:
+    """HU (any shape) to display grey 0..1 through a CT window: level - width/2 -> 0, level + width/2 -> 1."""
+    if width <= 0:
+        raise ValueError(f"window width {width}; must be > 0")
+    return np.clip((np.asarray(hu, float) - (level - width / 2.0)) / width, 0.0, 1.0)
+
+
+def texture_panels(slices: dict[str, np.ndarray], pixel_mm: tuple[float, float], title: str,
+                   stem: str | os.PathLike, caption: str = "", level: float = 50.0, width: float = 400.0,
+                   columns: int = 5) -> list[Path]:
+    """Fig. 4 layout: one axial slice (rows, cols) in HU per key (scanner), shown through the window
+    ``level`` / ``width`` HU with square pixels of ``pixel_mm`` (row, col) mm; ``caption`` below."""
+    if not slices:
+        raise ValueError("no slices to draw")
+    ncol = min(columns, len(slices))
+    nrow = -(-len(slices) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(2.8 * ncol, 2.9 * nrow + 0.5), squeeze=False)
+    for ax in axes.ravel()[len(slices):]:
+        ax.set_visible(False)
+    for ax, (key, image) in zip(axes.ravel(), slices.items()):
+        rows, cols = np.asarray(image).shape
+        ax.imshow(window_to_grey(image, level, width), cmap="gray", vmin=0, vmax=1, interpolation="nearest",
+                  extent=(0, cols * pixel_mm[1], rows * pixel_mm[0], 0))
+        ax.set_title(str(key), fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"{title} (window level {level:g} / width {width:g} HU)")
+    _caption_below(fig, caption, y=0.0)
+    return save_figure(fig, stem)
+
+
+if TYPE_CHECKING:
+    from ctdose.stats.embedding import PaperUMAP
+
+
+def paper_umap_figure(figure: PaperUMAP, title: str, stem: str | os.PathLike) -> list[Path]:
+    """Draw a :class:`ctdose.stats.embedding.PaperUMAP`: the per-scanner small multiples coloured by
+    dose, or the panels of one embedding coloured by each of its ``colour_by`` columns (Figs. 5-6)."""
+    if figure.skipped:
+        raise ValueError(f"{figure.kind} UMAP figure was skipped ({figure.skipped}); nothing to draw")
+    if figure.kind == "per_scanner":
+        return umap_small_multiples(figure.panels, figure.colour_by[0][0], title, stem, figure.caption)
+    (emb, ident), = figure.panels.values()
+    return umap_category_panels(emb, ident, figure.colour_by, title, stem, figure.caption)

@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,11 @@ from ctdose.features import EXTRACTORS
 from ctdose.layout import IDENTITY_COLUMNS, ResultsLayout
 from ctdose.plots import figure_files
 from ctdose.provenance import file_sha256, read_sidecar, verify, write_sidecar
+from ctdose.stats.embedding import PAPER_FIGURES
+
+#: What each paper-layout UMAP figure is (notes of a skipped one).
+PAPER_FIGURE_TITLES = {"fig5_roi": "the dataset paper's Fig. 5 (one ROI)",
+                       "fig6_rois": "the dataset paper's Fig. 6 (all ROIs)", "per_scanner": "the UMAP per scanner"}
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
@@ -227,6 +233,12 @@ def umap_section(layout: ResultsLayout) -> Section:
             sec.figure(record, f"UMAP of {name} features: {record.get('n_rows', '?')} patches, every series pooled "
                        "(all scanners, doses, reconstructions and repetitions), coloured by ROI class, "
                        "manufacturer and dose", layout.umap_figure(name))
+            captions = record.get("figure_captions", {})
+            for kind in PAPER_FIGURES:
+                if kind in captions:
+                    sec.figure(record, captions[kind], layout.umap_paper_figure(name, kind))
+            for kind, why in record.get("figures_skipped", {}).items():
+                sec.notes.append(f"{name}: {PAPER_FIGURE_TITLES.get(kind, kind)} not drawn: {why}.")
     if settings is None and not sec.warnings:
         sec.missing("UMAP figures", layout.command("umap"))
     if settings:
@@ -331,7 +343,9 @@ def dose_effects_section(layout: ResultsLayout) -> Section:
                 sec.tables.append((caption, wide.join(ref).join(n).reset_index()))
         for name in EXTRACTORS:
             sec.figure(record, f"{name}: dose-level confusion matrices (rows: true dose, columns: predicted; "
-                       "counts summed over the folds, colour = share of the row)", layout.dose_confusion_figure(name))
+                       f"counts summed over the {side.get('n_folds', '?')} grouped folds, every test row once, "
+                       f"reconstructions {', '.join(side.get('recons') or ['all'])} pooled; colour = share of the "
+                       "row)", layout.dose_confusion_figure(name))
     record = sec.checked(layout.dose_shift_summary, layout, "dose_effects", "distribution shift")
     shift = None if record is None else _read_table(sec, layout.dose_shift_summary)
     if shift is not None:
@@ -368,6 +382,42 @@ def _lower_triangle(by_scanner: pd.DataFrame, metric: str, fmt: str, recon: str)
             if np.isfinite(mean.loc[a, b]):
                 cells.loc[a, b] = _mean_sd([mean.loc[a, b]], [sd.loc[a, b]], fmt)[0]
     return cells.reset_index()
+
+
+def _vs_paper(sec: Section, record: dict[str, Any], layout: ResultsLayout) -> None:
+    """Our image metrics beside the dataset paper's (:mod:`ctdose.published`): Table 6 cells within the aim,
+    the per-cell table, missing cells named, the scanner pairs' Spearman rho (n), and the scatter figure."""
+    from ctdose.published import describe, scanner_pair_summary
+
+    dose = sec.table(record, layout.image_metrics_vs_paper_dose)
+    if dose is None:
+        sec.missing(f"the image metrics beside the dataset paper's ({layout.image_metrics_vs_paper_dose.name})",
+                    layout.command("image_metrics"))
+        return
+    pairs = sec.table(record, layout.image_metrics_vs_paper_scanner)
+    sec.notes += describe(dose, {} if pairs is None else scanner_pair_summary(pairs))
+    lacking = dose[dose["status"] == "twin missing"]
+    if len(lacking):
+        doses = lacking.groupby(["recon", "scanner"], sort=True)["dose_mgy"].agg(
+            lambda d: ", ".join(f"{v:g}" for v in sorted(set(d))))
+        sec.notes.append("Published Table 6 cells missing from ours (all metrics): " + "; ".join(
+            f"{scanner} at {d} mGy" + (f" ({recon})" if recon != "any" else "")
+            for (recon, scanner), d in doses.items()) + ".")
+    shown = dose[dose["status"] != "twin missing"]
+    if len(shown):
+        fmt = shown["metric"].map({"rmse": "{:.1f}", "psnr": "{:.2f}", "ssim": "{:.3f}"}).fillna("{:.3f}")
+        cells = {who: [_mean_sd([m], [sd], f)[0] if np.isfinite(m) else ""
+                       for m, sd, f in zip(shown[f"{who}_mean"], shown[f"{who}_sd"], fmt)] for who in ("twin", "paper")}
+        within = np.where(shown["within"].astype(str).str.lower() == "true", "yes", "no")
+        table = pd.DataFrame({"recon": shown["recon"], "scanner": shown["scanner"], "dose (mGy)": [f"{d:g}" for d in shown["dose_mgy"]],
+                              "metric": shown["metric"], "ours": cells["twin"], "paper": cells["paper"],
+                              "ratio": shown["ratio"],
+                              "within": np.where(shown["status"] == "compared", within, "paper missing")})
+        sec.tables.append(("Ours against the dataset paper's Table 6 (each dose vs 14 mGy), mean ± sd per cell; "
+                           "within = |ours - paper| <= max(2 paper sd, 15 % of the paper's mean)", table))
+    sec.figure(record, "Ours against the dataset paper's image metrics, per metric (circles: Table 6 cells; "
+               "triangles / squares: scanner pairs at 10 mGy / repeated scans; dashed: identity)",
+               layout.image_metrics_vs_paper_figure)
 
 
 def image_metrics_section(layout: ResultsLayout) -> Section:
@@ -412,6 +462,24 @@ def image_metrics_section(layout: ResultsLayout) -> Section:
         stem = png.with_suffix("")
         sec.figure(record, stem.name.replace("_", " ") + f" (up to {side.get('max_pairs', 5)} pairs per cell, "
                    f"{pooled})", stem)
+    _vs_paper(sec, record, layout)
+    return sec
+
+
+def texture_section(layout: ResultsLayout) -> Section:
+    """The dataset paper's Fig. 4 (registered texture per scanner), written by the image-metrics step."""
+    sec = Section("Registered texture per scanner (Fig. 4)")
+    record = sec.checked(layout.image_metrics_dose, layout, "image_metrics", "image metrics")
+    if record is None:
+        return sec
+    note = record.get("texture_caption")
+    if note is None:
+        sec.notes.append(f"Fig. 4 was not made by this version of the image-metrics step; re-run "
+                         f"`{layout.command('image_metrics')} --force`.")
+    elif note.startswith("Fig. 4 not drawn"):
+        sec.notes.append(note)
+    else:
+        sec.figure(record, note, layout.texture_figure())
     return sec
 
 
@@ -629,7 +697,7 @@ def build_sections(results: str | os.PathLike) -> list[Section]:
     return [findings_section(layout), table7_section(layout),  # the answer first
             data_section(layout), feature_section(layout), icc_section(layout), umap_section(layout),
             classify_section(layout), dose_effects_section(layout), image_metrics_section(layout),
-            provenance_section(layout)]
+            texture_section(layout), provenance_section(layout)]
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -638,8 +706,18 @@ th{background:#f0f0f0}.warn{background:#fff3cd;border:2px solid #d39e00;padding:
 .missing{color:#a00}img{max-width:100%;border:1px solid #ddd}figcaption{font-size:.85em;color:#555}"""
 
 
-def render_html(sections: list[Section], title: str) -> str:
-    """One self-contained HTML page (figures embedded as base64 PNG)."""
+def _pdf_twin(png: Path, base: Path | None) -> str | None:
+    """The path of ``png``'s PDF twin (:func:`ctdose.plots.figure_files`) relative to ``base`` (the report's
+    folder; absolute when ``png`` lies outside it), or None when there is no PDF beside the PNG."""
+    pdf = png.with_suffix(".pdf")
+    if not pdf.is_file():
+        return None
+    return (pdf.relative_to(base) if base is not None and pdf.is_relative_to(base) else pdf).as_posix()
+
+
+def render_html(sections: list[Section], title: str, base: Path | None = None) -> str:
+    """One self-contained HTML page (figures embedded as base64 PNG, each captioned with a link to its
+    PDF twin, relative to ``base``: the folder the page is written to)."""
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     all_warnings = [w for s in sections for w in s.warnings]
@@ -661,8 +739,10 @@ def render_html(sections: list[Section], title: str) -> str:
                 out.append(f"<p class='missing'>Missing figure {html.escape(str(path))}</p>")
                 continue
             data = base64.b64encode(path.read_bytes()).decode("ascii")
+            pdf = _pdf_twin(path, base)
+            link = f" <a href='{html.escape(quote(pdf))}'>[PDF]</a>" if pdf else ""
             out.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
-                       f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+                       f"<figcaption>{html.escape(caption)}{link}</figcaption></figure>")
     out.append("</body></html>")
     return "\n".join(out)
 
@@ -679,7 +759,8 @@ def render_markdown(sections: list[Section], title: str, base: Path | None = Non
             out += [f"**{caption}**", "", markdown_table(df), ""]
         for caption, path in s.figures:
             rel = path.relative_to(base) if base is not None and path.is_relative_to(base) else path
-            out += [f"![{caption}]({rel.as_posix()})", ""]
+            pdf = _pdf_twin(path, base)
+            out += [f"![{caption}]({rel.as_posix()})", ""] + ([f"[PDF]({quote(pdf)})", ""] if pdf else [])
     return "\n".join(out)
 
 
@@ -688,7 +769,7 @@ def write_report(results: str | os.PathLike, title: str = "CT dose impact on AI 
     file read); returns both paths."""
     layout = ResultsLayout(results)
     sections = build_sections(layout.root)
-    html_path = write_text(render_html(sections, title), layout.report)
+    html_path = write_text(render_html(sections, title, layout.report.parent), layout.report)
     md_path = write_text(render_markdown(sections, title, layout.root), layout.report_md)
     inputs = sorted({p for s in sections for p in s.inputs})
     write_sidecar(html_path, {"title": title}, inputs=inputs, outputs=[md_path],

@@ -2,9 +2,11 @@
 """Make the digital twin of the liver phantom: simulated multi-scanner, multi-dose CT as DICOM + SEG.
 
 The twin is a physics simulation of a phantom like the one of CT4Harmonization-Multicentric, not
-the real phantom: an analytic torso with a textured liver and six ROIs, scanned by 13 simulated
-scanner profiles (parallel-beam projection, Poisson counts, binomial dose thinning, FBP with vendor-
-like kernels, IR and DL approximations). Output follows the collection's conventions (TCIA series
+the real phantom: a human-scale torso with a textured liver and six ROIs, scanned by the collection's
+13 scanners (profiles from the dataset paper's Tables 1-2; kernels, noise and CT-number calibration
+are the twin's choices), every dose and repetition an independent acquisition (Poisson counts through
+the whole body, FBP of the noise onto the reconstructed region, kernel MTF on the phantom, IR and DL
+approximations). Output follows the collection's conventions (TCIA series
 names, CT Image Storage, DICOM SEG with the six ROIs) plus ground_truth.json. Re-running skips
 finished series; the same settings give byte-identical files.
 

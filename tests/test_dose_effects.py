@@ -168,3 +168,33 @@ def test_script_writes_outputs_with_sidecars_and_report_section(tmp_path, capsys
     assert not sec.warnings and len(sec.tables) == 4 and len(sec.figures) == 1
     assert run_main(script.main, [*argv, "--low-dose", "3"]) == 1
     assert "no rows at 3 mGy" in capsys.readouterr().err
+
+
+def test_distribution_shift_constant_and_near_constant_features_raise_no_runtime_warning():
+    """A column constant at 4.2 (not exact in binary), one constant up to rounding (4.2 + 1e-15 noise,
+    where scipy's skew warns of precision loss), and one constant at the low dose only: the first two are
+    excluded, the third keeps its KS test with NaN moment deltas and the reason; no RuntimeWarning escapes."""
+    import warnings
+
+    rng = np.random.default_rng(3)
+    n = 50
+    low, high = rng.normal(size=(n, 4)), rng.normal(size=(n, 4))
+    low[:, 1] = high[:, 1] = 4.2
+    low[:, 2], high[:, 2] = 4.2 + 1e-15 * rng.normal(size=n), 4.2 + 1e-15 * rng.normal(size=n)
+    low[:, 3] = 7.0                # constant at 1 mGy only
+    ident = pd.DataFrame({c: ["x"] * (2 * n) for c in IDENTITY_COLUMNS})
+    ident["dose_mgy"] = [1.0] * n + [14.0] * n
+    ident["recon"] = "FBP"
+    table = FeatureTable("t", ident, np.vstack([low, high]), [f"t_{i}" for i in range(4)])
+    with warnings.catch_warnings():  # scipy itself warns on these columns (the bug this guards against)
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(RuntimeWarning):
+            stats.skew(np.vstack([low, high])[:, 2])
+        out = distribution_shift(table, ShiftSettings())
+    assert list(out["status"].str.startswith("excluded: constant")) == [False, True, True, False]
+    assert out.loc[0, "moments"] == "ok"
+    assert out.loc[0, "delta_skew"] == pytest.approx(stats.skew(low[:, 0]) - stats.skew(high[:, 0]), abs=1e-9)
+    assert out.loc[3, "status"] == "ok" and out.loc[3, "moments"] == "undefined: constant at 1 mGy"
+    assert np.isnan(out.loc[3, "delta_skew"]) and np.isnan(out.loc[3, "delta_kurtosis"])
+    assert out.loc[3, "ks_stat"] == pytest.approx(stats.ks_2samp(low[:, 3], high[:, 3]).statistic, abs=1e-12)
+    assert summarize_shift(out, 0.05).loc[0, "n_excluded"] == 2

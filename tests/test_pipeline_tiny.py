@@ -73,10 +73,13 @@ def pipeline(tiny_twin, tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     out["swin"] = _run("swin/extract_swin.py", "--results", results, *deep)
     out["ctfm"] = _run("ct-fm/extract_ctfm.py", "--results", results, *deep)
     out["icc"] = _run("analyze/icc.py", "--results", results)
-    out["umap"] = _run("analyze/umap_plots.py", "--results", results, "--epochs", "50", "--n-neighbors", "5")
+    # the tiny twin has 3 and 14 mGy only: the papers' 10 mGy figures (Figs. 4-6) are drawn at 14 mGy
+    out["umap"] = _run("analyze/umap_plots.py", "--results", results, "--epochs", "50", "--n-neighbors", "5",
+                       "--figure-dose", "14")
     out["classify"] = _run("analyze/classify.py", "--results", results, "--classifier", "logreg",
                            "--n-folds", "4")
-    out["image_metrics"] = _run("analyze/image_metrics.py", "--results", results, "--workers", "1")
+    out["image_metrics"] = _run("analyze/image_metrics.py", "--results", results, "--workers", "1",
+                                "--texture-dose", "14")
     out["dose_effects"] = _run("analyze/dose_effects.py", "--results", results, "--low-dose", "3",
                                "--classifiers", "logreg", "--regressors", "ridge", "--n-folds", "2")
     out["report"] = _run_process("analyze/report.py", "--results", results)
@@ -128,6 +131,41 @@ def test_report_has_every_section_and_flags_untrained_weights(pipeline):
     assert "UNTRAINED" in html and "digital twin" in html.lower()
     assert str((results / "report.html").resolve()) in out["report"]
     assert (twin / "ground_truth.json").is_file()
+
+
+def test_paper_figures_drawn_with_captions_and_the_report_links_resolve(pipeline):
+    """Figs. 4-6 and the UMAP per scanner: each drawn (PNG + PDF) or skipped with its reason; the report
+    shows each with its caption and a link to its PDF; every anchor resolves and every image decodes.
+    A real headless browser is not installable from PyPI within 200 MB (PyQt6-WebEngine: 526 MB), so the
+    page is checked with html.parser and PIL (test_paper_figures.check_html_links)."""
+    from ctdose.stats.embedding import PAPER_FIGURES
+    from test_paper_figures import check_html_links
+
+    _, results, _ = pipeline
+    layout = ResultsLayout(results)
+    html = (results / "report.html").read_text()
+    for name in EXTRACTORS:
+        side = json.loads(layout.umap_table(name).with_suffix(".json").read_text())
+        captions, skipped = side["figure_captions"], side["figures_skipped"]
+        assert set(captions) | set(skipped) == set(PAPER_FIGURES) and not set(captions) & set(skipped)
+        assert {"fig6_rois", "per_scanner"} <= set(captions)  # 2 scanners x 6 ROIs at 14 mGy: always rows
+        for kind, caption in captions.items():
+            png, pdf = (f for f in (layout.umap_paper_figure(name, kind).with_suffix(s) for s in (".png", ".pdf")))
+            assert png.stat().st_size > 0 and pdf.read_bytes()[:5] == b"%PDF-"
+            assert html.count(caption.replace("'", "&#x27;")) == 2  # figcaption and the img's alt text
+        for kind, why in skipped.items():
+            assert why in html and not layout.umap_paper_figure(name, kind).with_suffix(".png").exists()
+    texture = json.loads(layout.image_metrics_dose.with_suffix(".json").read_text())["texture_caption"]
+    assert texture.startswith("Fig. 4 layout") and "2 of 2 scanners" in texture
+    assert layout.texture_figure().with_suffix(".pdf").is_file() and "Registered texture per scanner" in html
+    n_images = check_html_links(html, results)
+    assert n_images == html.count("<figure>") == html.count(">[PDF]</a>") > 10
+    # a re-run with the same settings keeps every figure (skipped ones are not expected on disk)
+    again = _run("analyze/umap_plots.py", "--results", results, "--epochs", "50", "--n-neighbors", "5",
+                 "--figure-dose", "14")
+    assert f"0 extractor(s) embedded, {len(EXTRACTORS)} up to date" in again
+    assert "up to date" in _run("analyze/image_metrics.py", "--results", results, "--workers", "1",
+                                "--texture-dose", "14")
 
 
 def test_registration_recovers_the_twins_repositioning(pipeline):

@@ -50,9 +50,9 @@ def test_series_names_match_tags(twin):
         profile = get_scanner(name.scanner)
         assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.2"
         assert (ds.Manufacturer, ds.ManufacturerModelName, ds.ConvolutionKernel) == (
-            profile.manufacturer, profile.model, profile.kernel_for(name.recon))
+            profile.dicom_manufacturer, profile.model, profile.kernel_for(name.recon))
         assert float(ds.CTDIvol) == name.dose_mgy
-        assert float(ds.SliceThickness) == profile.slice_mm
+        assert float(ds.SliceThickness) == (preset.slice_mm or profile.slice_mm)
         # DS values are decimal strings of <= 16 characters; Exposure (IS) is a whole number of mAs
         assert np.allclose([float(v) for v in ds.PixelSpacing], preset.pixel_mm, atol=1e-5)
         assert float(ds.Exposure) == pytest.approx(profile.mas_at_10mgy * name.dose_mgy / 10, abs=0.5)
@@ -71,7 +71,7 @@ def test_simpleitk_reads_exact_geometry(twin):
         uid = pydicom.dcmread(next(folder.glob("CT*.dcm"))).SeriesInstanceUID
         reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), uid))
         image = reader.Execute()
-        assert image.GetSize() == (grid.n_pix, grid.n_pix, grid.n_slices)
+        assert image.GetSize() == (grid.box[3], grid.box[2], grid.n_slices)  # the targeted region
         assert np.allclose(image.GetOrigin(), grid.origin, atol=1e-4)  # mm, through DS strings
         assert np.allclose(image.GetSpacing(), grid.spacing, atol=1e-5)
         assert np.allclose(image.GetDirection(), np.eye(3).ravel())
@@ -157,8 +157,9 @@ def test_patches_around_every_roi_stay_inside_the_volume(twin):
     for s in truth["series"][:: len(get_preset("tiny").recons) * len(get_preset("tiny").doses)]:
         volume = read_ct_series(out / s["name"])
         pose = ph.Pose(s["pose"]["rotation_z_deg"], tuple(s["pose"]["translation_mm"]))
-        offsets = 0.95 * ph.ROI_RADIUS_MM * np.vstack([np.eye(3), -np.eye(3)])
-        centers = np.vstack([np.asarray(c) + offsets for c in ph.ROI_CENTERS_MM.values()])
+        unit = np.vstack([np.eye(3), -np.eye(3)])
+        centers = np.vstack([np.asarray(c) + 0.95 * ph.ROI_RADII_MM[roi] * unit
+                             for roi, c in ph.ROI_CENTERS_MM.items()])
         batch = sample_patches(volume, pose.to_scanner(centers), None)
         assert batch.patches.shape == (len(centers), 32, 64, 64)
         assert not batch.n_outside.any()

@@ -5,8 +5,12 @@
   p (``scipy.stats.ks_2samp``, all features at once), Benjamini-Hochberg q over the features of one
   extractor x reconstruction (``scipy.stats.false_discovery_control``), and the change low - high of
   mean, variance (and their ratio), skewness and excess kurtosis (``scipy.stats``, biased estimators).
-  A feature constant over both doses is excluded with the reason. Rows are patches: patches of one
-  series and the same ROI at both doses are not independent samples, so p and q are descriptive.
+  A feature constant over both doses (spread max - min <= ``REL_TOL`` x max|value|, as the ICC code:
+  float rounding, not signal) is excluded with the reason; a feature constant at one dose only keeps
+  its KS test, means and variances, but its skewness and kurtosis at that dose are undefined: their
+  deltas are NaN and ``moments`` says why (never scipy's precision-loss warning). Rows are patches:
+  patches of one series and the same ROI at both doses are not independent samples, so p and q are
+  descriptive.
   :func:`summarize_shift`: per extractor x reconstruction, the share of features shifted at q < alpha.
 * :func:`silhouettes`: silhouette score (euclidean, ``sklearn.metrics.silhouette_score``) of an
   extractor's standardised features (:func:`ctdose.stats.embedding.standardised_features`) and of its
@@ -26,6 +30,7 @@ from sklearn.metrics import silhouette_score
 
 from ctdose.features import FeatureTable
 from ctdose.stats.embedding import standardised_features
+from ctdose.stats.icc import REL_TOL
 
 #: Labels the silhouette is computed for (identity columns), in report order.
 SILHOUETTE_LABELS: tuple[str, ...] = ("roi_class", "manufacturer", "scanner", "dose_mgy")
@@ -55,6 +60,32 @@ class ShiftSettings:
                 "deltas": "low dose minus high dose; skewness and excess kurtosis biased (scipy defaults)"}
 
 
+def near_constant(X: np.ndarray) -> np.ndarray:
+    """(features,) True where a column of ``X`` (rows, features) is constant up to float rounding:
+    spread max - min <= :data:`REL_TOL` x max|value| (the ICC code's test), or a variance scipy's
+    moment code would flag as precision loss (var <= (10 x float64 resolution x mean)^2)."""
+    X = np.asarray(X, float)
+    flat = np.ptp(X, axis=0) <= REL_TOL * np.abs(X).max(axis=0)
+    eps = np.finfo(np.float64).resolution * 10
+    return flat | (X.var(axis=0) <= (eps * X.mean(axis=0)) ** 2)
+
+
+def _shape_deltas(a: np.ndarray, b: np.ndarray, low: float, high: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Skewness and excess-kurtosis deltas low - high of the columns of ``a`` (low dose) and ``b`` (high
+    dose), NaN where either sample is constant (:func:`near_constant`), with the reason per column."""
+    flat_a, flat_b = near_constant(a), near_constant(b)
+    defined = ~(flat_a | flat_b)
+    skew, kurt = np.full(a.shape[1], np.nan), np.full(a.shape[1], np.nan)
+    if defined.any():
+        x, y = a[:, defined], b[:, defined]
+        skew[defined] = stats.skew(x, axis=0) - stats.skew(y, axis=0)
+        kurt[defined] = stats.kurtosis(x, axis=0) - stats.kurtosis(y, axis=0)
+    why = np.where(flat_a & flat_b, f"undefined: constant at {low:g} and at {high:g} mGy",
+                   np.where(flat_a, f"undefined: constant at {low:g} mGy",
+                            np.where(flat_b, f"undefined: constant at {high:g} mGy", "ok")))
+    return skew, kurt, why
+
+
 def _groups(table: FeatureTable, recon: str) -> list[tuple[str, np.ndarray]]:
     recons = table.ident["recon"].astype(str).to_numpy()
     if recon == "pool":
@@ -67,7 +98,8 @@ def distribution_shift(table: FeatureTable, settings: ShiftSettings) -> pd.DataF
 
     Columns: extractor, recon, feature, status ('ok' or 'excluded: ...'), n_low, n_high, ks_stat,
     p, q, shifted, mean_low, mean_high, delta_mean, delta_mean_sd (delta_mean / pooled sd), var_low,
-    var_high, var_ratio (low / high), delta_skew, delta_kurtosis. ValueError when a dose is absent.
+    var_high, var_ratio (low / high), delta_skew, delta_kurtosis, moments ('ok', or why the skewness and
+    kurtosis deltas are NaN: constant at one dose). ValueError when a dose is absent.
     """
     dose = table.ident["dose_mgy"].to_numpy(float)
     for d in (settings.low_dose, settings.high_dose):
@@ -82,9 +114,10 @@ def distribution_shift(table: FeatureTable, settings: ShiftSettings) -> pd.DataF
                           f"at {settings.low_dose:g} mGy, {len(B)} at {settings.high_dose:g} mGy (2 needed at each)")
             continue
         both = np.vstack([A, B])
-        ok = np.ptp(both, axis=0) > 0  # exact test, whatever the constant's value
+        ok = ~near_constant(both)  # relative test: centring leaves rounding residuals, whatever the value
         frame = pd.DataFrame({"extractor": table.name, "recon": recon, "feature": table.feature_names,
-                              "status": np.where(ok, "ok", "excluded: constant at both doses"),
+                              "status": np.where(ok, "ok", f"excluded: constant at both doses (max - min <= "
+                                                           f"{REL_TOL:g} x max|value|)"),
                               "n_low": len(A), "n_high": len(B)})
         cols = {k: np.full(len(ok), np.nan) for k in (
             "ks_stat", "p", "q", "mean_low", "mean_high", "delta_mean", "delta_mean_sd", "var_low", "var_high",
@@ -93,6 +126,7 @@ def distribution_shift(table: FeatureTable, settings: ShiftSettings) -> pd.DataF
         ks = stats.ks_2samp(a, b, axis=0)
         var_a, var_b = a.var(axis=0, ddof=1), b.var(axis=0, ddof=1)
         pooled = np.sqrt(((len(a) - 1) * var_a + (len(b) - 1) * var_b) / (len(a) + len(b) - 2))
+        skew, kurt, moments = _shape_deltas(a, b, settings.low_dose, settings.high_dose)
         with np.errstate(divide="ignore", invalid="ignore"):  # a feature constant at one dose only
             values = {
                 "ks_stat": ks.statistic, "p": ks.pvalue, "q": stats.false_discovery_control(ks.pvalue, method="bh"),
@@ -100,11 +134,12 @@ def distribution_shift(table: FeatureTable, settings: ShiftSettings) -> pd.DataF
                 "delta_mean": a.mean(axis=0) - b.mean(axis=0),
                 "delta_mean_sd": (a.mean(axis=0) - b.mean(axis=0)) / pooled,
                 "var_low": var_a, "var_high": var_b, "var_ratio": var_a / var_b,
-                "delta_skew": stats.skew(a, axis=0) - stats.skew(b, axis=0),
-                "delta_kurtosis": stats.kurtosis(a, axis=0) - stats.kurtosis(b, axis=0)}
+                "delta_skew": skew, "delta_kurtosis": kurt}
         for k, v in values.items():
             cols[k][ok] = v
-        frame = frame.assign(**cols)
+        shape = np.full(len(ok), "excluded", dtype=object)
+        shape[ok] = moments
+        frame = frame.assign(**cols, moments=shape)
         frame.insert(frame.columns.get_loc("q") + 1, "shifted", ok & (frame["q"].to_numpy() < settings.alpha))
         out.append(frame)
     if not out:

@@ -3,15 +3,10 @@
 * HU -> linear attenuation at one effective energy per tube voltage (monoenergetic: no beam
   hardening), mu = mu_water * (1 + HU / 1000), clipped at 0.
 * Counts per detector bin and view: n ~ Poisson(I0 * exp(-p)), I0 = photons per ray, proportional to
-  mAs and hence CTDIvol through the scanner's calibration (``generate.calibrate``).
-* Lower doses of the same scan come from the highest-dose counts by binomial thinning,
-  n_f ~ Binomial(n, f): each detected photon is kept with probability f. For n ~ Poisson(lam) this is
-  exactly Poisson(f * lam), so every dose level is itself an exact Poisson acquisition and all
-  doses of one scan share their photons (Zabic et al. 2013 motivate deriving low doses this way).
-  Their scaled-Poisson formula n_b ~ (a-b)/a * Poisson(b/(a-b) * n_a) has the same conditional
-  mean (f n_a) and variance (f (1 - f) n_a) but non-integer counts; the binomial is the exact law,
-  so the twin uses it (``tests/test_twin_physics.py`` checks the mean and variance of both).
-* Optional electronic noise: Gaussian, std in counts, added to each dose's counts after thinning.
+  mAs and hence CTDIvol through the scanner's calibration (``generate.calibrate``). Every dose and
+  repetition draws its own counts (independent acquisitions, as in the collection); lowering the dose
+  of an existing series is a different job (``ctdose.lowdose``).
+* Optional electronic noise: Gaussian, std in counts, added to the counts of each ray.
 * Log transform with a first-order bias correction, p = log(I0 / (n + 1/2)): E[log(n + 1/2)] =
   log(lam) + O(lam^-2), so line integrals stay unbiased at low counts, and n = 0 is harmless.
 """
@@ -36,25 +31,6 @@ def acquire_counts(line_integrals: np.ndarray, photons_per_ray: float,
     """Detected photon counts (int64, same shape) for line integrals (dimensionless mu*mm)."""
     expected = photons_per_ray * np.exp(-np.asarray(line_integrals, dtype=np.float64))
     return rng.poisson(expected)
-
-
-def thin_counts(counts: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Counts of the same acquisition at ``fraction`` of its dose: Binomial(counts, fraction), exact."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"dose fraction must be in (0, 1], got {fraction}")
-    if fraction == 1.0:
-        return counts.copy()
-    return rng.binomial(counts, fraction)
-
-
-def zabic_counts(counts: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Zabic et al. (2013) reduced-dose counts (a-b)/a * Poisson(b/(a-b) * n), b/a = ``fraction``.
-
-    Kept for comparison (same first two moments as :func:`thin_counts`, non-integer values).
-    """
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"dose fraction must be in (0, 1), got {fraction}")
-    return (1.0 - fraction) * rng.poisson(fraction / (1.0 - fraction) * counts)
 
 
 def add_electronic_noise(counts: np.ndarray, std_counts: float, rng: np.random.Generator) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Generate the twin: calibrate each scanner, simulate every scan, write DICOM CT + SEG + ground truth.
 
-One *scan* = one placement (pose) of the phantom on one scanner, acquired once at the highest dose;
-the lower doses are binomial thinnings of its counts (``acquisition``), and every dose is
-reconstructed with FBP and, from that, IR (and DL on scanners that have it). Each series is
+One *scan* = one placement (pose) of the phantom on one scanner (one repetition): the phantom is
+repositioned between repetitions and not moved between the doses of one repetition. Every dose of a
+scan is its own acquisition with its own photon counts (``imaging``), reconstructed with FBP and, from
+the same counts, IR (and DL where the collection has it, at the doses it has it). Each series is
 written into a hidden temporary folder beside ``out`` and renamed when complete, so a killed run
 resumes where it stopped; a finished scan also leaves ``.jobs/<scanner>_rep<r>.json`` with its
 ground truth.
@@ -18,6 +19,7 @@ series names in the TCIA scheme (``naming.format_series_name``); ``ground_truth.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import functools
 import json
@@ -38,66 +40,71 @@ from ctdose.parallel import parallel_map
 from ctdose.provenance import write_sidecar
 from ctdose.seg import write_seg
 from ctdose.twin import phantom as ph
-from ctdose.twin.acquisition import (acquire_counts, add_electronic_noise, counts_to_line_integrals,
-                                     hu_to_mu, thin_counts)
+from ctdose.twin import imaging
 from ctdose.twin.presets import Preset
-from ctdose.twin.projector import ParallelBeam, project
-from ctdose.twin.recon import denoise, fbp_hu
+from ctdose.twin.recon import denoise
 from ctdose.twin.scanners import MU_WATER_PER_MM, SCANNERS, ScannerProfile, get_scanner
 from ctdose.volume import Volume
 
 #: Photons per ray used for the calibration run (high: the log transform is then nearly linear).
 CALIBRATION_PHOTONS = 2.0e5
-#: Repositioning ranges: rotation about z (deg) and translation x, y, z (mm), uniform +-.
-POSE_ROTATION_DEG = 2.0
+#: Repositioning between repetitions: rotation about z (deg) and translation x, y, z (mm), uniform +-.
+POSE_ROTATION_DEG = 1.5
 POSE_TRANSLATION_MM = (3.0, 3.0, 2.0)
 #: Fixed date of the first scan (series date/times are derived from it).
 BASE_DATETIME = _dt.datetime(2024, 3, 4, 8, 0, 0)
 
 
 def scan_grid(preset: Preset, profile: ScannerProfile) -> ph.ScanGrid:
-    """The reconstruction grid of a scanner in a preset (slice count covers ``z_extent_mm``)."""
-    n_slices = int(np.ceil(preset.z_extent_mm / profile.slice_mm - 1e-9))
-    return ph.ScanGrid(preset.n_pix, preset.pixel_mm, n_slices, profile.slice_mm)
+    """The reconstruction grid of a scanner in a preset (slices cover ``z_extent_mm``)."""
+    increment = preset.increment_mm or profile.increment_mm
+    region = None
+    if preset.region_px is not None:
+        c, half = preset.n_pix // 2, preset.region_px // 2
+        cx, cy = (int(round(v / preset.pixel_mm)) for v in preset.region_center_mm)
+        region = (c + cy - half, c + cx - half, preset.region_px, preset.region_px)
+        if min(region[:2]) < 0 or max(region[:2]) + preset.region_px > preset.n_pix:
+            raise ValueError(f"region of {preset.region_px} pixels at {preset.region_center_mm} mm leaves "
+                             f"the {preset.n_pix}-pixel field of view")
+    return ph.ScanGrid(preset.n_pix, preset.pixel_mm, int(np.floor(preset.z_extent_mm / increment + 1e-9)) + 1,
+                       increment, preset.slice_mm or profile.slice_mm, region, preset.z_center_mm)
 
 
 def scan_pose(seed: int, scanner: str, rep: int) -> ph.Pose:
-    """The repositioning of scan ``rep`` on ``scanner`` (random, from the seed)."""
+    """The placement of repetition ``rep`` on ``scanner`` (random, from the seed)."""
     rng = np.random.default_rng([seed, list(SCANNERS).index(scanner), rep, 1])
     rot = float(rng.uniform(-POSE_ROTATION_DEG, POSE_ROTATION_DEG))
     trans = tuple(float(rng.uniform(-t, t)) for t in POSE_TRANSLATION_MM)
     return ph.Pose(round(rot, 4), tuple(round(t, 4) for t in trans))
 
 
-@functools.lru_cache(maxsize=32)
-def calibrate(profile: ScannerProfile, n_pix: int, pixel_mm: float,
-              texture_seed: int = 0) -> dict[str, float]:
-    """Photons per ray per mGy giving ``profile.noise_10mgy_hu`` FBP noise in normal liver at 10 mGy.
+@functools.lru_cache(maxsize=64)
+def calibrate(profile: ScannerProfile, grid: ph.ScanGrid) -> dict[str, float]:
+    """Photons per ray per mGy (for a whole slice) giving ``profile.noise_10mgy_hu`` in normal liver at 10 mGy.
 
-    Simulates the slices through the normal ROIs once at ``CALIBRATION_PHOTONS`` and measures the
-    std of (noisy - noise-free) FBP inside them; FBP noise variance is proportional to 1/photons.
+    Reconstructs the noise of a few slices through the ROIs' plane at ``CALIBRATION_PHOTONS`` (Poisson
+    only) and measures its std inside the normal-liver ROIs; FBP noise variance is proportional to
+    1 / photons, so one run fixes the count.
     """
-    grid = ph.ScanGrid(n_pix, pixel_mm, int(np.ceil(112.0 / profile.slice_mm - 1e-9)), profile.slice_mm)
-    z = grid.origin[2] + np.arange(grid.n_slices) * grid.slice_mm
-    zc = [ph.ROI_CENTERS_MM[r][2] for r in ("normal1", "normal2")]
-    keep = np.nonzero(np.abs(z - np.mean(zc)) <= ph.ROI_RADIUS_MM * 0.7)[0]
-    phantom = ph.build_phantom(grid, texture_seed, ph.Pose(), 1, slice(keep[0], keep[-1] + 1))
+    z = ph.ROI_CENTERS_MM["normal1"][2]
+    small = dataclasses.replace(grid, n_slices=3, z_center_mm=z)
+    slabs, _ = imaging.slab_positions(small)
     mu_w = MU_WATER_PER_MM[profile.kvp]
-    geom = ParallelBeam.for_matrix(n_pix)
-    p = project(hu_to_mu(phantom.hu, mu_w), geom, pixel_mm)
-    rng = np.random.default_rng([12345, n_pix])
-    noisy = counts_to_line_integrals(acquire_counts(p, CALIBRATION_PHOTONS, rng), CALIBRATION_PHOTONS)
-    args = (geom, pixel_mm, mu_w, profile.window, profile.cutoff)
-    diff = fbp_hu(noisy, *args) - fbp_hu(p, *args)
-    normal = np.isin(phantom.rois, [ROI_NAMES.index("normal1") + 1, ROI_NAMES.index("normal2") + 1])
-    sigma = float(diff[normal].std())
+    n_angles = imaging.n_angles_for(grid)
+    body = imaging.body_line_integrals(small, ph.Pose(), slabs, mu_w, n_angles)
+    rng = np.random.default_rng([12345, grid.n_pix])
+    quiet = dataclasses.replace(profile, electronic_noise_counts=0.0)
+    noise = imaging.acquisition_noise(body, small, quiet, mu_w, CALIBRATION_PHOTONS, rng)
+    rois = ph.build_phantom(small, 0, ph.Pose(), 1).rois
+    normal = np.isin(rois, [ROI_NAMES.index("normal1") + 1, ROI_NAMES.index("normal2") + 1])
+    sigma = float(noise[normal].std())
     photons_10 = CALIBRATION_PHOTONS * (sigma / profile.noise_10mgy_hu) ** 2
     return {"photons_per_ray_per_mgy": photons_10 / 10.0, "calibration_noise_hu": sigma,
             "calibration_photons": CALIBRATION_PHOTONS, "calibration_voxels": int(normal.sum())}
 
 
 def expected_noise_hu(profile: ScannerProfile, dose_mgy: float) -> float:
-    """Calibrated FBP noise std (HU) in normal liver at a dose: noise_10mgy * sqrt(10 / dose)."""
+    """Calibrated FBP noise std (HU) in normal liver at a dose without electronic noise: noise_10mgy * sqrt(10 / dose)."""
     return profile.noise_10mgy_hu * float(np.sqrt(10.0 / dose_mgy))
 
 
@@ -127,11 +134,13 @@ def series_plan(job: ScanJob) -> list[dict[str, Any]]:
     grid = scan_grid(job.preset, profile)
     s_index = list(SCANNERS).index(job.scanner)
     doses = sorted(job.preset.doses, reverse=True)
-    recons = [r for r in job.preset.recons if r != "DL" or profile.has_dl]
     base = BASE_DATETIME + _dt.timedelta(days=s_index, minutes=20 * job.rep)
     tag = [str(job.seed), str(job.texture_seed), job.scanner, str(job.rep)]
     plan = []
     for d_index, dose in enumerate(sorted(job.preset.doses)):
+        if job.rep >= profile.repetitions_at(dose):  # E1 has 9 repetitions at 10 mGy
+            continue
+        recons = [r for r in profile.recons_at(dose) if r in job.preset.recons]
         acq_time = base + _dt.timedelta(minutes=2 * d_index, seconds=7 * d_index)
         scan_id = 10 + job.rep * len(doses) + d_index
         acq_number = (s_index * 7919 + scan_id * 104729) % 1000000  # stands for the second number
@@ -155,6 +164,7 @@ def series_plan(job: ScanJob) -> list[dict[str, Any]]:
                 "series_datetime": acq_time + _dt.timedelta(seconds=r_index),
                 "series_number": 100 * (d_index + 1) + r_index + 1,
                 "exposure_mas": mas, "tube_current_ma": mas / profile.rotation_s,
+                "slice_thickness_mm": grid.thickness_mm,
             })
     return plan
 
@@ -166,7 +176,11 @@ def _pose_record(pose: ph.Pose) -> dict[str, Any]:
 
 
 def run_scan(job: ScanJob) -> dict[str, Any]:
-    """Simulate one scan and write its series (skipping finished ones); return its ground truth."""
+    """Simulate one scan (every dose an independent acquisition) and write its series; return its ground truth.
+
+    Finished series are skipped; each dose's random stream is seeded by (seed, scanner, rep, dose), so
+    a resumed run draws the same noise for the series it still writes.
+    """
     torch.set_num_threads(1)
     out = Path(job.out)
     record_path = out / ".jobs" / f"{job.key}.json"
@@ -177,40 +191,36 @@ def run_scan(job: ScanJob) -> dict[str, Any]:
         except json.JSONDecodeError:  # a damaged record: the scan is simulated again
             pass
     profile = get_scanner(job.scanner)
-    preset = job.preset
-    grid = scan_grid(preset, profile)
-    cal = calibrate(profile, preset.n_pix, preset.pixel_mm, job.texture_seed)
+    grid = scan_grid(job.preset, profile)
+    cal = calibrate(profile, grid)
     pose = scan_pose(job.seed, job.scanner, job.rep)
-    phantom = ph.build_phantom(grid, job.texture_seed, pose, preset.z_subsamples)
     mu_w = MU_WATER_PER_MM[profile.kvp]
-    geom = ParallelBeam.for_matrix(preset.n_pix)
-    rng = np.random.default_rng([job.seed, list(SCANNERS).index(job.scanner), job.rep, 2])
-    d_max = max(preset.doses)
-    photons_max = cal["photons_per_ray_per_mgy"] * d_max
-    line = project(hu_to_mu(phantom.hu, mu_w), geom, grid.pixel_mm)
-    counts_max = acquire_counts(line, photons_max, rng)
-    del line
+    n_angles = imaging.n_angles_for(grid)
+    s_index = list(SCANNERS).index(job.scanner)
     volume_geometry = {"origin": grid.origin, "spacing": grid.spacing}
-    series_records = []
-    for dose in sorted(preset.doses):
+    series_records, signal, body, rois = [], None, None, None
+    for dose in sorted({s["dose_mgy"] for s in plan}):
         todo = [s for s in plan if s["dose_mgy"] == dose]
         photons = cal["photons_per_ray_per_mgy"] * dose
-        counts = thin_counts(counts_max, dose / d_max, rng)  # drawn even when skipped: same stream
-        counts = add_electronic_noise(counts, profile.electronic_noise_counts, rng)
+        series_records += [_series_record(s, pose, photons, profile) for s in todo]
         if all((out / s["name"]).is_dir() for s in todo):
-            series_records += [_series_record(s, pose, photons, profile) for s in todo]
             continue
-        fbp = fbp_hu(counts_to_line_integrals(counts, photons), geom, grid.pixel_mm, mu_w,
-                     profile.window, profile.cutoff)
+        if signal is None:  # the placement's noise-free image and body projections, once per scan
+            phantom = ph.build_phantom(grid, job.texture_seed, pose, job.preset.z_subsamples,
+                                       margin=imaging.SIGNAL_MARGIN)
+            signal, rois = imaging.signal_image(phantom, profile), phantom.rois
+            del phantom
+            body = imaging.body_line_integrals(grid, pose, imaging.slab_positions(grid)[0], mu_w, n_angles)
+        rng = np.random.default_rng([job.seed, s_index, job.rep, int(round(dose * 1000)), 2])
+        fbp = signal + imaging.acquisition_noise(body, grid, profile, mu_w, photons, rng)
         for s in todo:
             if (out / s["name"]).is_dir():  # finished in an earlier run
-                series_records.append(_series_record(s, pose, photons, profile))
                 continue
-            image = fbp if s["recon"] == "FBP" else denoise(fbp, s["recon"], expected_noise_hu(profile, dose))
-            _write_series(out, s, Volume(image, **volume_geometry), phantom.rois, profile)
-            series_records.append(_series_record(s, pose, photons, profile))
+            image = fbp if s["recon"] == "FBP" else denoise(fbp, s["recon"], expected_noise_hu(profile, dose),
+                                                            profile.ir_strength)
+            _write_series(out, s, Volume(image, **volume_geometry), rois, profile)
     record = {"scanner": job.scanner, "rep": job.rep, "pose": _pose_record(pose),
-              "photons_per_ray_at_max_dose": photons_max, "calibration": cal, "series": series_records}
+              "calibration": cal, "n_angles": n_angles, "series": series_records}
     write_json(record, record_path)
     return record
 
@@ -237,16 +247,17 @@ def _write_series(out: Path, s: dict[str, Any], volume: Volume, rois: np.ndarray
     if tmp.exists():
         shutil.rmtree(tmp)
     meta = CTSeriesMeta(
-        manufacturer=profile.manufacturer, model=profile.model, kvp=profile.kvp,
+        manufacturer=profile.dicom_manufacturer, model=profile.model, kvp=profile.kvp,
         tube_current_ma=s["tube_current_ma"], exposure_mas=s["exposure_mas"], ctdivol=s["dose_mgy"],
-        kernel=profile.kernel_for(s["recon"]), slice_thickness=profile.slice_mm,
+        kernel=profile.kernel_for(s["recon"]), slice_thickness=s["slice_thickness_mm"],
         series_description=s["description"],
         series_uid=s["series_uid"], study_uid=s["study_uid"],
         frame_of_reference_uid=s["frame_of_reference_uid"], series_datetime=s["series_datetime"],
         series_number=s["series_number"], station=profile.code,
     )
     files = write_ct_series(volume, tmp, meta)
-    write_seg(files, rois, tmp / "SEG.dcm")
+    if rois.any():  # a grid away from the liver segment (e.g. the test patterns) has no ROI to segment
+        write_seg(files, rois, tmp / "SEG.dcm")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(final)
 
@@ -266,12 +277,15 @@ def ground_truth(preset: Preset, seed: int, texture_seed: int,
                     for k, v in ph.TISSUES.items()},
         "roi_true_hu": {roi: ph.TISSUES[ph.ROI_TISSUE[roi]][0] for roi in ROI_NAMES},
         "roi_tissue": ph.ROI_TISSUE, "roi_centers_phantom_mm": ph.ROI_CENTERS_MM,
-        "roi_radius_mm": ph.ROI_RADIUS_MM,
-        "physics": {"geometry": "2-D parallel beam per slice, detector bin = pixel, views over 180 deg",
-                    "n_angles": ParallelBeam.for_matrix(preset.n_pix).n_angles,
-                    "noise": "Poisson counts at the highest dose; lower doses by binomial thinning",
+        "roi_radii_mm": ph.ROI_RADII_MM,
+        "physics": {"geometry": "2-D parallel beam per noise slab (one increment thick), detector bin = "
+                                "pixel, views over 180 deg; targeted reconstruction of the preset's region",
+                    "signal": "phantom (after the scanner's CT-number calibration) through the FBP MTF "
+                              "W(f / cutoff) sinc(f)^4; slice sensitivity: a box of the slice thickness",
+                    "noise": "every (scanner, dose, repetition) an independent acquisition: Poisson counts "
+                             "through the whole body, log with bias correction, FBP of the noise",
                     "log": "p = log(I0 / (n + 1/2))",
-                    "electronic_noise": "per scanner (electronic_noise_counts), after thinning; "
+                    "electronic_noise": "per scanner (electronic_noise_counts), Gaussian per ray; "
                                         "not included in the noise calibration"},
         "scanners": scanners,
         "scans": [{k: v for k, v in rec.items() if k != "series"} for rec in records],

@@ -39,11 +39,23 @@ def default_n_angles(n_pix: int) -> int:
 
 @dataclass(frozen=True)
 class ParallelBeam:
-    """Parallel-beam geometry in pixel units: ``n_pix`` x ``n_pix`` image, views, detector bins."""
+    """Parallel-beam geometry in pixel units: ``n_pix`` x ``n_pix`` image, views, detector bins.
+
+    ``region`` = (row0, col0, rows, cols) restricts the image to part of the ``n_pix`` matrix (targeted
+    reconstruction: back-projection onto those pixels only; projection from them only). Every pixel of
+    a region has exactly the weights it has in the full matrix, so a region's FBP equals that part of
+    the full FBP.
+    """
 
     n_pix: int
     n_angles: int
     n_det: int
+    region: tuple[int, int, int, int] | None = None
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the image this geometry projects from and back-projects to."""
+        return (self.region[2], self.region[3]) if self.region else (self.n_pix, self.n_pix)
 
     @classmethod
     def for_matrix(cls, n_pix: int, n_angles: int | None = None) -> "ParallelBeam":
@@ -58,10 +70,12 @@ class ParallelBeam:
 
 @functools.lru_cache(maxsize=4)
 def _backprojector(geom: ParallelBeam) -> sp.csr_matrix:
-    """CSR matrix (n_pix^2 x n_angles*n_det) of back-projection; its transpose projects."""
+    """CSR matrix (image pixels x n_angles*n_det) of back-projection; its transpose projects."""
     n, d = geom.n_pix, geom.n_det
     c, cd = n // 2, d // 2
-    rows, cols = np.mgrid[:n, :n]
+    row0, col0, n_rows, n_cols = geom.region or (0, 0, n, n)
+    rows, cols = np.mgrid[row0:row0 + n_rows, col0:col0 + n_cols]
+    n_pixels = n_rows * n_cols
     x = (cols.ravel() - c).astype(np.float32)[:, None]
     y = (rows.ravel() - c).astype(np.float32)[:, None]
     theta = geom.angles[None, :]
@@ -73,18 +87,18 @@ def _backprojector(geom: ParallelBeam) -> sp.csr_matrix:
     w0[(i0 < 0) | (i0 >= d)] = 0.0
     w1[(i0 + 1 < 0) | (i0 + 1 >= d)] = 0.0
     base = (np.arange(geom.n_angles, dtype=np.int32) * d)[None, :]
-    indices = np.empty((n * n, geom.n_angles, 2), dtype=np.int32)
+    indices = np.empty((n_pixels, geom.n_angles, 2), dtype=np.int32)
     indices[..., 0] = base + np.clip(i0, 0, d - 1)
     indices[..., 1] = base + np.clip(i0 + 1, 0, d - 1)
-    data = np.empty((n * n, geom.n_angles, 2), dtype=np.float32)
+    data = np.empty((n_pixels, geom.n_angles, 2), dtype=np.float32)
     data[..., 0], data[..., 1] = w0, w1
     indptr = np.arange(0, indices.size + 1, 2 * geom.n_angles, dtype=np.int64)
-    bp = sp.csr_matrix((data.reshape(-1), indices.reshape(-1), indptr), shape=(n * n, geom.n_angles * d))
+    bp = sp.csr_matrix((data.reshape(-1), indices.reshape(-1), indptr), shape=(n_pixels, geom.n_angles * d))
     return bp
 
 
 def project(images: np.ndarray, geom: ParallelBeam, pixel_mm: float = 1.0) -> np.ndarray:
-    """Line integrals of ``images`` (slices, n, n) -> sinograms (slices, n_angles, n_det).
+    """Line integrals of ``images`` (slices, *geom.image_shape) -> sinograms (slices, n_angles, n_det).
 
     Values are image units x mm (pass ``pixel_mm``; 1 gives pixel units as scikit-image's radon).
     """
@@ -113,7 +127,18 @@ def ramp_filter(n_det: int, window: str = "ramp", cutoff: float = 1.0) -> np.nda
     odd = (np.abs(k) % 2) == 1
     h[odd] = -1.0 / (math.pi * k[odd]) ** 2
     response = 2.0 * np.real(np.fft.rfft(h))
-    u = np.fft.rfftfreq(size) / (0.5 * cutoff)  # frequency relative to the cut-off
+    win = window_response(np.fft.rfftfreq(size), window, cutoff)
+    return size, (response * win).astype(np.float32)
+
+
+def window_response(freq: np.ndarray, window: str = "ramp", cutoff: float = 1.0) -> np.ndarray:
+    """Apodisation window at frequencies ``freq`` (cycles per detector bin, >= 0), 0 above the cut-off.
+
+    ``cutoff`` is a fraction of the Nyquist frequency (0.5 cycles per bin).
+    """
+    if window not in WINDOWS:
+        raise ValueError(f"unknown filter window {window!r}; expected one of {', '.join(WINDOWS)}")
+    u = np.asarray(freq, dtype=np.float64) / (0.5 * cutoff)  # frequency relative to the cut-off
     if window == "shepp-logan":
         win = np.sinc(u / 2.0)
     elif window == "cosine":
@@ -124,13 +149,12 @@ def ramp_filter(n_det: int, window: str = "ramp", cutoff: float = 1.0) -> np.nda
         win = 0.5 * (1.0 + np.cos(math.pi * u))
     else:
         win = np.ones_like(u)
-    win = np.where(u <= 1.0, win, 0.0)
-    return size, (response * win).astype(np.float32)
+    return np.where(u <= 1.0, win, 0.0)
 
 
 def fbp(sinograms: np.ndarray, geom: ParallelBeam, pixel_mm: float = 1.0, window: str = "ramp",
         cutoff: float = 1.0) -> np.ndarray:
-    """Filtered back-projection of (slices, n_angles, n_det) sinograms -> images (slices, n, n).
+    """Filtered back-projection of (slices, n_angles, n_det) sinograms -> images (slices, *geom.image_shape).
 
     Inverse of :func:`project` with the same ``pixel_mm`` (line integrals in mm -> values per mm).
     """
@@ -141,4 +165,4 @@ def fbp(sinograms: np.ndarray, geom: ParallelBeam, pixel_mm: float = 1.0, window
     filtered = np.ascontiguousarray(scipy.fft.irfft(spectrum, n=size, axis=-1)[..., : geom.n_det])
     images = _backprojector(geom) @ filtered.reshape(s, -1).T  # (n*n, s)
     scale = np.float32(math.pi / (2 * geom.n_angles) / pixel_mm)
-    return np.ascontiguousarray(images.T).reshape(s, geom.n_pix, geom.n_pix) * scale
+    return np.ascontiguousarray(images.T).reshape(s, *geom.image_shape) * scale

@@ -6,7 +6,7 @@
   noise-adaptive smoothing: a few explicit gradient steps on 1/2 |u - f|^2 + lam * sum Huber_delta(grad u),
   in-plane, in units of the expected noise std at that dose (so its strength follows the noise level:
   the Huber threshold is ``delta`` noise stds). It lowers noise by roughly a third and keeps edges.
-* DL (only where the real collection has it, the two GE scanners): the same model with a stronger
+* DL (only where the real collection has it: D1 at 1, 3, 6 mGy, E2 at every dose): the same model with a stronger
   weight and more steps (noise roughly halved, smoother "plastic" texture), standing in for a
   deep-learning denoiser.
 """
@@ -19,8 +19,9 @@ import torch
 from ctdose.twin.acquisition import mu_to_hu
 from ctdose.twin.projector import ParallelBeam, fbp
 
-#: (lam, delta in noise stds, iterations) of the two denoising settings.
-DENOISE_SETTINGS: dict[str, tuple[float, float, int]] = {"IR": (0.6, 1.5, 8), "DL": (2.0, 1.5, 16)}
+#: (weight factor, delta in noise stds, iterations) of the two denoising settings; the weight is the
+#: scanner's ``ir_strength`` times the factor.
+DENOISE_SETTINGS: dict[str, tuple[float, float, int]] = {"IR": (1.0, 1.5, 8), "DL": (3.3, 1.5, 16)}
 
 
 def fbp_hu(line_integrals: np.ndarray, geom: ParallelBeam, pixel_mm: float, mu_water: float,
@@ -55,9 +56,12 @@ def huber_smooth(hu: np.ndarray, noise_hu: float, lam: float, delta: float, iter
     return (u * noise_hu).numpy()
 
 
-def denoise(hu: np.ndarray, recon: str, noise_hu: float) -> np.ndarray:
-    """The IR or DL image from an FBP image (expected FBP noise std ``noise_hu`` at this dose)."""
+def denoise(hu: np.ndarray, recon: str, noise_hu: float, strength: float = 0.6) -> np.ndarray:
+    """The IR or DL image from an FBP image (expected FBP noise std ``noise_hu`` at this dose).
+
+    ``strength``: the scanner's IR weight (``ScannerProfile.ir_strength``; DL multiplies it).
+    """
     if recon not in DENOISE_SETTINGS:
         raise ValueError(f"no denoiser for reconstruction {recon!r}; expected IR or DL")
-    lam, delta, iterations = DENOISE_SETTINGS[recon]
-    return huber_smooth(hu, noise_hu, lam, delta, iterations)
+    factor, delta, iterations = DENOISE_SETTINGS[recon]
+    return huber_smooth(hu, noise_hu, strength * factor, delta, iterations)

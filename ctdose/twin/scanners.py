@@ -1,67 +1,121 @@
-"""The 13 scanner profiles of the twin, named as in CT4Harmonization-Multicentric.
+"""The 13 scanner profiles of the twin: the collection's facts plus the twin's own choices.
 
-The scanner codes are the collection's; which model stands behind each code is *illustrative*
-(plausible models of the four manufacturers, with the two GE scanners that have a DL reconstruction
-in the real collection taken as C1 and D1). Kernel names are each vendor's usual soft-tissue
-"standard" kernel; the filter window and cut-off that stand for them are choices of the twin, not
-vendor data. ``noise_10mgy_hu`` is the FBP noise (std, HU) in normal liver at 10 mGy to which each
-profile's photon count is calibrated (``generate.calibrate``); noise scales as dose^-0.5, so
-11.5-13.5 HU at 10 mGy gives 36-43 HU at 1 mGy.
+Facts come from the dataset paper's Tables 1 and 2 (``ctdose/data/ct4h/ct4h_scanners.csv``, a copy of
+the published table; a test checks it equals ``../shared/reference``): scanner code, center,
+manufacturer, model, tube voltage, mAs at 10 mGy, pitch, rotation time, collimation, slice thickness
+and increment, reconstructions, the doses with a DL reconstruction and the series counts per dose.
+
+What the paper does not give is chosen by the twin (``ctdose/data/twin_scanner_choices.csv``, written by
+``data/calibrate_twin.py``): the kernel tags written in DICOM, the ramp-filter window and cut-off standing
+for each kernel's MTF, the FBP noise in normal liver at 10 mGy (sets the photon count), the electronic
+noise (makes noise grow faster than dose^-0.5 at the lowest doses), the CT-number calibration (offset
+and contrast scale of the HU scale) and the IR / DL denoising strength. Those choices are calibrated so
+that the dataset paper's Table 6 and Tables 3-5, computed on the twin as the paper's code did, come out
+close to the published ones (see the README's "What the twin matches and what it invents").
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
+from importlib import resources
+
+import pandas as pd
+
+#: DICOM Manufacturer (0008,0070) as each vendor writes it.
+DICOM_MANUFACTURER = {"Siemens": "SIEMENS", "Philips": "Philips", "GE": "GE MEDICAL SYSTEMS",
+                      "Toshiba": "TOSHIBA"}
 
 
 @dataclass(frozen=True)
 class ScannerProfile:
-    """Acquisition and reconstruction settings of one scanner (doses in mGy, lengths in mm)."""
+    """One scanner: the collection's facts (doses in mGy, lengths in mm, times in s) and the twin's choices."""
 
     code: str
-    manufacturer: str
+    center: str
+    manufacturer: str  # as the paper names it: Siemens, Philips, GE, Toshiba
     model: str
+    kvp: float
+    mas_at_10mgy: float
+    pitch: float
+    rotation_s: float
+    collimation_mm: float
+    slice_mm: float  # reconstructed slice thickness
+    increment_mm: float  # reconstruction increment (slice spacing)
+    recons: tuple[str, ...]
+    dl_doses: tuple[float, ...]
+    series_per_dose: tuple[tuple[float, int], ...]
+    # --- the twin's choices (not in the paper) ---
     kernel: str
+    ir_kernel: str
     window: str  # ramp-filter apodisation, see projector.WINDOWS
     cutoff: float  # window cut-off, fraction of Nyquist
-    slice_mm: float
-    mas_at_10mgy: float
-    noise_10mgy_hu: float
-    kvp: float = 120.0
-    rotation_s: float = 0.5
-    has_dl: bool = False
-    ir_kernel: str = ""  # kernel name written for IR / DL series ("" = the FBP kernel)
-    electronic_noise_counts: float = 0.0  # Gaussian detector noise std per ray (0: pure Poisson)
+    noise_10mgy_hu: float  # FBP noise std in normal liver at 10 mGy
+    electronic_noise_counts: float  # Gaussian detector noise std per ray and view
+    hu_offset: float  # CT-number offset (HU added to every voxel)
+    hu_scale: float  # contrast scale of the HU axis (1 = exact)
+    ir_strength: float  # weight of the IR smoothing (DL uses DL_STRENGTH_FACTOR times it)
+
+    @property
+    def dicom_manufacturer(self) -> str:
+        return DICOM_MANUFACTURER[self.manufacturer]
+
+    def recons_at(self, dose_mgy: float) -> tuple[str, ...]:
+        """Reconstructions the collection has at a dose (DL only at ``dl_doses``)."""
+        return tuple(r for r in self.recons if r != "DL" or any(abs(dose_mgy - d) < 1e-6 for d in self.dl_doses))
 
     def kernel_for(self, recon: str) -> str:
         """The ConvolutionKernel tag of a reconstruction (FBP, IR or DL)."""
         return self.kernel if recon == "FBP" or not self.ir_kernel else self.ir_kernel
 
+    def repetitions_at(self, dose_mgy: float) -> int:
+        """Independent acquisitions in the collection at a dose (series count / reconstructions)."""
+        return dict(self.series_per_dose)[float(dose_mgy)] // len(self.recons_at(dose_mgy))
 
-SCANNERS: dict[str, ScannerProfile] = {p.code: p for p in (
-    ScannerProfile("A1", "SIEMENS", "SOMATOM Definition Edge", "B30f", "hann", 1.00, 2.0, 150, 12.0,
-                   ir_kernel="I30f"),
-    ScannerProfile("A2", "SIEMENS", "SOMATOM Definition AS+", "B31f", "hann", 0.95, 2.0, 160, 12.5,
-                   ir_kernel="I31f"),
-    ScannerProfile("B1", "Philips", "IQon - Spectral CT", "B", "shepp-logan", 0.85, 2.0, 140, 11.5),
-    ScannerProfile("B2", "Philips", "Ingenuity CT", "B", "shepp-logan", 0.80, 2.5, 150, 12.0),
-    ScannerProfile("C1", "GE MEDICAL SYSTEMS", "Revolution CT", "STANDARD", "hamming", 0.90, 2.5, 170,
-                   13.0, has_dl=True),
-    ScannerProfile("D1", "GE MEDICAL SYSTEMS", "Discovery CT750 HD", "STANDARD", "hamming", 0.85, 2.5,
-                   175, 13.5, has_dl=True),
-    ScannerProfile("E1", "TOSHIBA", "Aquilion ONE", "FC08", "cosine", 0.90, 2.0, 145, 12.0),
-    ScannerProfile("E2", "TOSHIBA", "Aquilion PRIME", "FC08", "cosine", 0.85, 2.0, 150, 12.5),
-    ScannerProfile("F1", "SIEMENS", "SOMATOM Force", "Br40", "shepp-logan", 0.90, 2.0, 130, 11.5),
-    ScannerProfile("G1", "GE MEDICAL SYSTEMS", "Revolution EVO", "STANDARD", "hamming", 0.90, 2.5, 165,
-                   13.0),
-    ScannerProfile("G2", "GE MEDICAL SYSTEMS", "Optima CT660", "STANDARD", "hann", 0.90, 2.5, 180, 13.5),
-    ScannerProfile("H1", "Philips", "Brilliance iCT", "B", "cosine", 0.95, 2.0, 150, 12.0),
-    ScannerProfile("H2", "Philips", "Brilliance CT 64", "B", "hann", 0.85, 2.0, 160, 12.5),
-)}
 
 #: Effective linear attenuation of water (1/mm) at the effective energy of each tube voltage
 #: (about 50, 57, 65, 70 keV for 80, 100, 120, 140 kVp; NIST XCOM water values).
 MU_WATER_PER_MM: dict[float, float] = {80.0: 0.0227, 100.0: 0.0212, 120.0: 0.0200, 140.0: 0.0193}
+
+FACTS_CSV = "ct4h/ct4h_scanners.csv"
+CHOICES_CSV = "twin_scanner_choices.csv"
+
+
+def _data_csv(name: str) -> pd.DataFrame:
+    with resources.files("ctdose.data").joinpath(name).open("r") as handle:
+        return pd.read_csv(handle, dtype={"scanner": str, "dl_doses_mgy": str}, keep_default_na=False)
+
+
+def _doses(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in str(text).split(";") if v.strip())
+
+
+@functools.lru_cache(maxsize=1)
+def load_scanners() -> dict[str, ScannerProfile]:
+    """Every profile, in the paper's table order (facts from the paper joined with the twin's choices)."""
+    facts = _data_csv(FACTS_CSV)
+    choices = _data_csv(CHOICES_CSV).set_index("scanner")
+    missing = sorted(set(facts["scanner"]) - set(choices.index))
+    if missing:
+        raise ValueError(f"{CHOICES_CSV} has no row for scanner(s) {', '.join(missing)}")
+    profiles = {}
+    for row in facts.to_dict("records"):
+        c = choices.loc[row["scanner"]]
+        profiles[row["scanner"]] = ScannerProfile(
+            code=row["scanner"], center=row["center"], manufacturer=row["manufacturer"], model=row["model"],
+            kvp=float(row["kvp"]), mas_at_10mgy=float(row["mas_at_10mgy"]), pitch=float(row["pitch"]),
+            rotation_s=float(row["rotation_s"]), collimation_mm=float(row["collimation_mm"]),
+            slice_mm=float(row["slice_thickness_mm"]), increment_mm=float(row["slice_increment_mm"]),
+            recons=tuple(row["recons"].split(";")), dl_doses=_doses(row["dl_doses_mgy"]),
+            series_per_dose=tuple((float(d), int(row[f"series_{d}mgy"])) for d in (1, 3, 6, 10, 14)),
+            kernel=str(c["kernel"]), ir_kernel=str(c["ir_kernel"]), window=str(c["window"]),
+            cutoff=float(c["cutoff"]), noise_10mgy_hu=float(c["noise_10mgy_hu"]),
+            electronic_noise_counts=float(c["electronic_noise_counts"]), hu_offset=float(c["hu_offset"]),
+            hu_scale=float(c["hu_scale"]), ir_strength=float(c["ir_strength"]))
+    return profiles
+
+
+SCANNERS: dict[str, ScannerProfile] = load_scanners()
 
 
 def get_scanner(code: str) -> ScannerProfile:
@@ -75,6 +129,6 @@ def get_scanner(code: str) -> ScannerProfile:
 def scanner_for_kernel(kernel: str) -> ScannerProfile | None:
     """The first profile using a kernel name (to pick a filter window for foreign series), or None."""
     for profile in SCANNERS.values():
-        if profile.kernel.lower() == kernel.strip().lower():
+        if kernel.strip().lower() in (profile.kernel.lower(), profile.ir_kernel.lower()):
             return profile
     return None
