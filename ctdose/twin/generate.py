@@ -95,8 +95,7 @@ def calibrate(profile: ScannerProfile, grid: ph.ScanGrid) -> dict[str, float]:
     rng = np.random.default_rng([12345, grid.n_pix])
     quiet = dataclasses.replace(profile, electronic_noise_counts=0.0)
     noise = imaging.acquisition_noise(body, small, quiet, mu_w, CALIBRATION_PHOTONS, rng)
-    rois = ph.build_phantom(small, 0, ph.Pose(), 1).rois
-    normal = np.isin(rois, [ROI_NAMES.index("normal1") + 1, ROI_NAMES.index("normal2") + 1])
+    normal = np.isin(ph.roi_labels(small), [ROI_NAMES.index("normal1") + 1, ROI_NAMES.index("normal2") + 1])
     sigma = float(noise[normal].std())
     photons_10 = CALIBRATION_PHOTONS * (sigma / profile.noise_10mgy_hu) ** 2
     return {"photons_per_ray_per_mgy": photons_10 / 10.0, "calibration_noise_hu": sigma,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from ctdose.twin import phantom as ph
-from ctdose.twin.acquisition import acquire_counts, add_electronic_noise, counts_to_line_integrals
+from ctdose.twin.acquisition import acquire_counts, add_electronic_noise, counts_to_line_integrals, hu_to_mu
 from ctdose.twin.projector import ParallelBeam, default_n_angles, fbp, project, window_response
 from ctdose.twin.scanners import ScannerProfile
 
@@ -82,9 +82,8 @@ def body_line_integrals(grid: ph.ScanGrid, pose: ph.Pose, z: np.ndarray, mu_wate
     """
     n_coarse = grid.n_pix // COARSE_FACTOR
     coarse = ph.ScanGrid(n_coarse, grid.pixel_mm * COARSE_FACTOR, 1, grid.increment_mm, grid.increment_mm)
-    means = np.array([v[0] for v in ph.TISSUES.values()], dtype=np.float32)
-    mu = np.maximum(mu_water * (1.0 + means[ph.tissue_labels(coarse, pose, z)] / 1000.0), 0.0)
-    p = project(mu.astype(np.float32), ParallelBeam(n_coarse, n_angles, n_coarse), coarse.pixel_mm)
+    mu = hu_to_mu(ph.TISSUE_MEAN_HU[ph.tissue_labels(coarse, pose, z)], mu_water)
+    p = project(mu, ParallelBeam(n_coarse, n_angles, n_coarse), coarse.pixel_mm)
     t = (np.arange(grid.n_pix) - grid.n_pix // 2) / COARSE_FACTOR + n_coarse // 2  # fine bin -> coarse
     i0 = np.clip(np.floor(t).astype(int), 0, n_coarse - 2)
     w = np.clip(t - i0, 0.0, 1.0).astype(np.float32)

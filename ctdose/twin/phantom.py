@@ -46,6 +46,8 @@ TISSUES: dict[str, tuple[float, float, float]] = {
     "rod_bone": (300.0, 0.0, 1.0),
 }
 TISSUE_NAMES: tuple[str, ...] = tuple(TISSUES)
+#: Mean HU of each tissue, indexed by tissue label.
+TISSUE_MEAN_HU = np.array([v[0] for v in TISSUES.values()], dtype=np.float32)
 TISSUE_LABEL: dict[str, int] = {name: i for i, name in enumerate(TISSUE_NAMES)}
 #: Tissue of each ROI (the six ROIs keep ROI_NAMES order; labels 1..6 in ROI label maps).
 ROI_TISSUE: dict[str, str] = {
@@ -192,8 +194,7 @@ def texture_fields(texture_seed: int) -> dict[str, np.ndarray]:
 def _hu(q: _Points, texture_seed: int) -> np.ndarray:
     """HU (float32, (nz, ny, nx)) at the points: tissue mean plus its fixed texture."""
     lab = _tissue_labels(q)
-    means = np.array([v[0] for v in TISSUES.values()], dtype=np.float32)
-    hu = means[lab]
+    hu = TISSUE_MEAN_HU[lab]
     lo = np.array([b[0] for b in TEXTURE_BOX_MM], dtype=np.float32)
     for name, field in texture_fields(texture_seed).items():
         sel = lab == TISSUE_LABEL[name]
@@ -226,11 +227,6 @@ class ScanGrid:
     def box(self) -> tuple[int, int, int, int]:
         """(row0, col0, rows, cols) of the reconstructed part of the full matrix."""
         return self.region or (0, 0, self.n_pix, self.n_pix)
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """(slices, rows, cols) of the reconstructed volume."""
-        return (self.n_slices, self.box[2], self.box[3])
 
     @property
     def origin(self) -> np.ndarray:
@@ -280,17 +276,21 @@ def tissue_labels(grid: ScanGrid, pose: Pose, z: np.ndarray) -> np.ndarray:
     return _tissue_labels(_grid_points(grid, pose, z))
 
 
+def roi_labels(grid: ScanGrid, pose: Pose = Pose()) -> np.ndarray:
+    """ROI labels (uint8 (slices, rows, cols), 0 background, 1..6 in ROI_NAMES order) at the grid's voxel centers."""
+    return _roi_labels(_grid_points(grid, pose, grid.slice_z))
+
+
 def build_phantom(grid: ScanGrid, texture_seed: int = 0, pose: Pose = Pose(), z_subsamples: int = 2,
-                  slices: slice = slice(None), margin: int = 0) -> PhantomImage:
+                  margin: int = 0) -> PhantomImage:
     """Voxelise the phantom placed with ``pose`` on ``grid`` (slice sensitivity: a box of the thickness).
 
     Each slice averages ``z_subsamples`` planes spread evenly over its thickness (partial volume along
     z); planes shared by overlapping slices (thickness > increment) are voxelised once. In-plane values
     are taken at voxel centers. ROI labels are taken at voxel centers, so masks follow the repositioned
-    phantom exactly. ``slices`` restricts the voxelised slices (e.g. for calibration); ``margin`` adds
-    pixels around the region in ``hu``.
+    phantom exactly. ``margin`` adds pixels around the region in ``hu``.
     """
-    z = grid.slice_z[slices]
+    z = grid.slice_z
     offsets = (-0.5 + (np.arange(z_subsamples) + 0.5) / z_subsamples) * grid.thickness_mm
     planes = np.round(z[:, None] + offsets[None, :], 6)
     unique, index = np.unique(planes, return_inverse=True)
@@ -298,8 +298,7 @@ def build_phantom(grid: ScanGrid, texture_seed: int = 0, pose: Pose = Pose(), z_
               for i in range(0, unique.size, 32)]
     hu_planes = np.concatenate(chunks)
     hu = hu_planes[index.reshape(planes.shape)].mean(axis=1, dtype=np.float32)
-    rois = _roi_labels(_grid_points(grid, pose, z))
-    return PhantomImage(hu=hu.astype(np.float32), rois=rois, grid=grid, pose=pose, margin=margin)
+    return PhantomImage(hu=hu.astype(np.float32), rois=roi_labels(grid, pose), grid=grid, pose=pose, margin=margin)
 
 
 def other_roi_share(patch_voxels: tuple[int, int, int], spacing_mm: tuple[float, float, float] = (
