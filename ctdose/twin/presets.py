@@ -8,7 +8,7 @@ an ROI, after the largest repositioning. ``region_px=None`` reconstructs the who
 Slices cover ``z_extent_mm`` around ``z_center_mm`` at each scanner's own thickness and increment (or
 ``slice_mm`` / ``increment_mm`` where a preset overrides them).
 
-* ``tiny`` (tests): 2 scanners x 2 doses x FBP + IR, 1 repetition, the whole field of view at twice the
+* ``tiny`` (tests): 2 scanners x 2 doses x FBP + IR, 1 repetition, the demo's region at twice the
   collection's pixel size and 2 mm contiguous slices: seconds.
 * ``demo`` (``make demo``): all 13 scanners, the 5 doses, FBP + IR + DL where the collection has DL,
   2 repetitions (each an independent acquisition at every dose), the collection's 0.6836 mm pixels and
@@ -53,7 +53,7 @@ class Preset:
 
 _ALL = dict(scanners=tuple(SCANNERS), doses=tuple(map(float, DOSE_LEVELS_MGY)), recons=("FBP", "IR", "DL"))
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset("tiny", 256, 2 * COLLECTION_PIXEL_MM, None, (-56.0, 0.0), 100.0, ("A1", "C1"), (3.0, 14.0),
+    "tiny": Preset("tiny", 256, 2 * COLLECTION_PIXEL_MM, 128, (-56.0, 0.0), 100.0, ("A1", "C1"), (3.0, 14.0),
                    ("FBP", "IR"), 1, 2, slice_mm=2.0, increment_mm=2.0),
     "demo": Preset("demo", 512, COLLECTION_PIXEL_MM, 256, (-56.0, 0.0), 100.0, reps=2, **_ALL),
     "full": Preset("full", 512, COLLECTION_PIXEL_MM, 256, (-56.0, 0.0), 100.0, reps=10, **_ALL),
