@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import pandas as pd
 
@@ -79,6 +80,11 @@ MU_WATER_PER_MM: dict[float, float] = {80.0: 0.0227, 100.0: 0.0212, 120.0: 0.020
 
 FACTS_CSV = "ct4h/ct4h_scanners.csv"
 CHOICES_CSV = "twin_scanner_choices.csv"
+
+
+def choices_path() -> Path:
+    """The twin's choices file in the package (written by ``data/calibrate_twin.py``)."""
+    return Path(__file__).resolve().parents[1] / "data" / CHOICES_CSV
 
 
 def _data_csv(name: str) -> pd.DataFrame:
