@@ -7,7 +7,11 @@ Writes under --results (each with a JSON sidecar: settings, checksums, versions)
   reference.json                    the registration reference series (UID, scanner, dose, recon, path)
   masks/<series_uid>.nii.gz         ROI label map on the series' CT grid (0 background, 1..n ROI order)
   transforms/<series_uid>.tfm       rigid transform mapping reference points -> series points
-  registration.csv                  per series: correlation inside the phantom before/after, identity kept?
+  registration.csv                  per series: correlation inside the phantom before/after, identity kept?,
+                                    registered_with (the series whose registration it took)
+Series sharing a FrameOfReferenceUID share one coordinate system: one registration (of the group's
+highest-dose series; the reference's group takes the reference) serves them all, unless
+--register-every-series.
 The reference (default: first 10 mGy IR series of scanner A1, else of the first scanner present; never
 a series whose name and tags disagree on dose) needs a SEG or RTSTRUCT. ROIs come from --rois (a YAML:
 label or structure name -> ROI -> class), by default the phantom's six. A re-run on the same --data reuses
@@ -29,7 +33,7 @@ from ctdose.catalog import build_catalog, choose_reference, read_catalog
 from ctdose.cli import run_main
 from ctdose.layout import ResultsLayout, repo_path
 from ctdose.parallel import parallel_map
-from ctdose.prepare import PrepareTask, prepare_series
+from ctdose.prepare import PrepareTask, prepare_series, registration_sources
 from ctdose.provenance import is_current, write_sidecar
 from ctdose.registration import RegistrationSettings
 from ctdose.rois import load_rois
@@ -42,6 +46,7 @@ WORKERS = 2                          # local Dask worker processes (1 = in-proce
 SCHEDULER = None                     # address of an existing Dask scheduler (overrides WORKERS)
 SEED = 0                             # random sampling seed of the registration metric
 ROIS = None                          # ROI YAML (SEG label / RTSTRUCT name -> ROI -> class); None = phantom
+SHARE_FRAME = True                   # one registration per FrameOfReferenceUID (False: every series)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -61,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rois", default=ROIS, metavar="YAML",
                         help="ROI YAML mapping SEG segment labels / RTSTRUCT ROI names to ROIs and classes "
                              "(default: the phantom's six ROIs, ctdose/data/rois_phantom.yaml)")
+    parser.add_argument("--register-every-series", dest="share_frame", action="store_false", default=SHARE_FRAME,
+                        help="register every series, even those sharing a FrameOfReferenceUID with another")
     parser.add_argument("--rescan", action="store_true",
                         help="rebuild catalog.csv even if it is current (default: reuse it)")
     return parser.parse_args(argv)
@@ -103,14 +110,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reference: {reference['series_uid']} ({reference['scanner']} {reference['dose_mgy']:g} mGy "
           f"{reference['recon']} repetition {reference['repetition']})")
     registration = RegistrationSettings(seed=args.seed)
+    sources = registration_sources(catalog, reference["series_uid"], args.share_frame)
     tasks = [PrepareTask(series_uid=row.series_uid, path=row.path, seg_path=row.seg_path or "",
                          reference_uid=reference["series_uid"], reference_path=str(reference["path"]),
                          results=str(layout.root), registration=registration,
-                         roi_format=getattr(row, "roi_format", "") or "SEG", rois_path=args.rois)
+                         roi_format=getattr(row, "roi_format", "") or "SEG", rois_path=args.rois,
+                         source_uid="" if sources[row.series_uid] == row.series_uid else sources[row.series_uid])
              for row in catalog.itertuples()]
     # the reference first: its mask is needed by the patch centers even if a later series fails
     tasks.sort(key=lambda task: task.series_uid != reference["series_uid"])
-    rows = parallel_map(prepare_series, tasks, workers=args.workers, scheduler=args.scheduler, desc="prepare")
+    # the registered series first, then those that take a registered series' transform
+    registered = [t for t in tasks if not t.source_uid]
+    rows = parallel_map(prepare_series, registered, workers=args.workers, scheduler=args.scheduler,
+                        desc="prepare (registered)")
+    failed_sources = {r["series_uid"]: r["error"] for r in rows if r["error"]}
+    for task in (t for t in tasks if t.source_uid in failed_sources):
+        rows.append({"series_uid": task.series_uid, "skipped": False,
+                     "error": f"its frame-of-reference source {task.source_uid} failed"})
+    rows += parallel_map(prepare_series, [t for t in tasks if t.source_uid and t.source_uid not in failed_sources],
+                         workers=args.workers, scheduler=args.scheduler, desc="prepare (shared frame)")
     table = pd.DataFrame(rows)
     failed = table[table["error"] != ""]
     ok = table[table["error"] == ""].drop(columns="error")

@@ -185,6 +185,22 @@ def test_registration_recovers_the_twins_repositioning(pipeline):
         assert np.abs(found - expected).max() < 1.0, uid
 
 
+def test_series_of_one_placement_share_one_registration(pipeline):
+    """The twin's doses and reconstructions of one placement share a FrameOfReferenceUID: prepare registers
+    one of them and gives the others its transform, named in registration.csv and in their sidecars."""
+    twin, results, _ = pipeline
+    layout = ResultsLayout(results)
+    catalog = pd.read_csv(layout.catalog, dtype=str)
+    table = pd.read_csv(layout.registration, dtype=str).set_index("series_uid")
+    for frame, group in catalog.groupby("frame_of_reference_uid"):
+        sources = set(table.loc[group["series_uid"], "registered_with"])
+        assert len(sources) == 1 and sources <= set(group["series_uid"]), frame
+        (source,) = sources
+        for uid in group["series_uid"]:
+            assert layout.transform(uid).read_bytes() == layout.transform(source).read_bytes()
+    assert len(set(catalog["frame_of_reference_uid"])) < len(catalog)  # the test is not vacuous
+
+
 def test_second_run_skips_finished_series(pipeline):
     _, results, _ = pipeline
     layout = ResultsLayout(results)

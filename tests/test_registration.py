@@ -73,3 +73,21 @@ def test_transform_file_round_trip(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["x.tfm"]
     with pytest.raises(FileNotFoundError, match="prepare.py"):
         load_transform(tmp_path / "missing.tfm")
+
+
+def test_series_sharing_a_frame_of_reference_take_one_registration():
+    """One registration per FrameOfReferenceUID: the reference's group takes the reference; another group
+    its highest-dose series, IR first; a series without a frame, or share_frame=False, registers itself."""
+    import pandas as pd
+
+    from ctdose.prepare import registration_sources
+
+    catalog = pd.DataFrame([
+        ("ref", "F1", 10.0, "IR"), ("ref_fbp", "F1", 14.0, "FBP"),
+        ("a_fbp14", "F2", 14.0, "FBP"), ("a_ir14", "F2", 14.0, "IR"), ("a_ir1", "F2", 1.0, "IR"),
+        ("lonely", "", 3.0, "IR"), ("nan_frame", None, 3.0, "IR"),
+    ], columns=["series_uid", "frame_of_reference_uid", "dose_mgy", "recon"])
+    sources = registration_sources(catalog, "ref")
+    assert sources == {"ref": "ref", "ref_fbp": "ref", "a_fbp14": "a_ir14", "a_ir14": "a_ir14",
+                       "a_ir1": "a_ir14", "lonely": "lonely", "nan_frame": "nan_frame"}
+    assert registration_sources(catalog, "ref", share_frame=False) == {u: u for u in catalog["series_uid"]}
