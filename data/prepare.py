@@ -137,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         write_csv(ok.sort_values("series_uid"), layout.registration)
         write_sidecar(layout.registration, {"reference_uid": reference["series_uid"], "seed": args.seed},
                       inputs=[layout.catalog, *[layout.transform(uid) for uid in ok["series_uid"]]])
-        kept = ok[ok["kept_identity"].astype(bool) & (ok["series_uid"] != reference["series_uid"])]
+        # the reference and the series of its frame of reference are at the identity by definition
+        kept = ok[ok["kept_identity"].astype(bool) & (ok.get("registered_with", ok["series_uid"]) != reference["series_uid"])]
         for row in kept.itertuples():
             print(f"warning: series {row.series_uid}: {row.reason}")
         print(f"prepared {len(ok) - skipped} series, skipped {skipped} already done, {len(kept)} kept the "
