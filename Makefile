@@ -21,6 +21,9 @@ CNN_WEIGHTS ?= cnn/weights/shallow_cnn.pt
 # (see README); without them they run with seeded random weights, labelled "untrained" everywhere
 DEEP_FLAGS ?= --allow-untrained
 UMAP_EPOCHS ?= 200
+# analysis protocol of every step (toolkit | study | dataset-paper, ctdose/protocols.py): patch size,
+# ICC, UMAP and classification defaults; e.g. `make demo PROTOCOL=dataset-paper RESULTS=results_dp`
+PROTOCOL ?= toolkit
 # Tables 3-5 bin-shrink (the paper's 4; the demo twin's 81-101 slices leave 20-25 after it)
 SCANNER_SHRINK ?= 4
 
@@ -39,14 +42,14 @@ demo: $(STAMP)
 	time $(PY) data/make_twin.py --preset demo --out $(TWIN) --workers $(WORKERS)
 	time $(PY) data/prepare.py --data $(TWIN) --results $(RESULTS) --workers $(WORKERS)
 	time $(PY) data/patch_centers.py --results $(RESULTS)
-	time $(PY) radiomics/extract_radiomics.py --results $(RESULTS) --patches-per-roi $(DEMO_PATCHES) --workers $(WORKERS)
+	time $(PY) radiomics/extract_radiomics.py --results $(RESULTS) --protocol $(PROTOCOL) --patches-per-roi $(DEMO_PATCHES) --workers $(WORKERS)
 	time $(PY) cnn/pretrain_cnn.py --out $(CNN_WEIGHTS) --workers $(WORKERS)
-	time $(PY) cnn/extract_cnn.py --results $(RESULTS) --weights $(CNN_WEIGHTS) --patches-per-roi $(DEMO_PATCHES)
-	time $(PY) swin/extract_swin.py --results $(RESULTS) $(DEEP_FLAGS) $(SWIN_DEMO_FLAGS)
-	time $(PY) ct-fm/extract_ctfm.py --results $(RESULTS) $(DEEP_FLAGS) $(CTFM_DEMO_FLAGS)
-	time $(PY) analyze/icc.py --results $(RESULTS)
-	time $(PY) analyze/umap_plots.py --results $(RESULTS) --epochs $(UMAP_EPOCHS)
-	time $(PY) analyze/classify.py --results $(RESULTS) --workers $(WORKERS)
+	time $(PY) cnn/extract_cnn.py --results $(RESULTS) --protocol $(PROTOCOL) --weights $(CNN_WEIGHTS) --patches-per-roi $(DEMO_PATCHES)
+	time $(PY) swin/extract_swin.py --results $(RESULTS) --protocol $(PROTOCOL) $(DEEP_FLAGS) $(SWIN_DEMO_FLAGS)
+	time $(PY) ct-fm/extract_ctfm.py --results $(RESULTS) --protocol $(PROTOCOL) $(DEEP_FLAGS) $(CTFM_DEMO_FLAGS)
+	time $(PY) analyze/icc.py --results $(RESULTS) --protocol $(PROTOCOL)
+	time $(PY) analyze/umap_plots.py --results $(RESULTS) --protocol $(PROTOCOL) --epochs $(UMAP_EPOCHS)
+	time $(PY) analyze/classify.py --results $(RESULTS) --protocol $(PROTOCOL) --workers $(WORKERS)
 	time $(PY) analyze/image_metrics.py --results $(RESULTS) --workers $(WORKERS) --scanner-shrink $(SCANNER_SHRINK)
 	time $(PY) analyze/dose_effects.py --results $(RESULTS)
 	$(PY) analyze/report.py --results $(RESULTS)

@@ -102,7 +102,9 @@ def test_seg_masks_fall_on_the_right_tissue(twin):
             assert core.sum() > 100
             mean = float(image[core].mean())
             cal = truth["scanners"][s["scanner"]]
-            true = {r: cal["hu_offset"] + cal["hu_scale"] * v for r, v in truth["roi_true_hu"].items()}
+            scan = next(x for x in truth["scans"] if (x["scanner"], x["rep"]) == (s["scanner"], s["rep"]))
+            true = {r: cal["hu_offset"] + cal["hu_scale"] * v + scan["roi_shading_hu"][r]
+                    for r, v in truth["roi_true_hu"].items()}
             closest = min(true, key=lambda r: abs(true[r] - mean))
             assert ph.ROI_TISSUE[closest] == ph.ROI_TISSUE[roi], (roi, mean)
             assert abs(mean - true[roi]) < 8.0, (roi, mean)
@@ -165,3 +167,25 @@ def test_patches_around_every_roi_stay_inside_the_volume(twin):
         batch = sample_patches(volume, pose.to_scanner(centers), None)
         assert batch.patches.shape == (len(centers), 32, 64, 64)
         assert not batch.n_outside.any()
+
+
+def test_a_twin_folder_made_with_other_settings_is_refused_not_mixed(twin, tmp_path):
+    """Re-running into a twin folder with another seed, or after the scanner choices changed, stops with
+    one line naming what differs (finished series would otherwise be kept beside new ones); a folder
+    of series without a settings record is refused too. Nothing is written before the check."""
+    out, _ = twin
+    preset = get_preset("tiny")
+    copy = tmp_path / "twin"
+    shutil.copytree(out, copy)
+    before = sorted(p.name for p in copy.iterdir())
+    with pytest.raises(ValueError, match=r"other settings \(seed differ\)"):
+        generate_twin(copy, preset, seed=6, texture_seed=2)
+    record = copy / ".jobs" / "settings.json"
+    settings = json.loads(record.read_text())
+    record.write_text(json.dumps({**settings, "scanner_choices_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match="scanner_choices_sha256 differ"):
+        generate_twin(copy, preset, seed=5, texture_seed=2)
+    record.unlink()
+    with pytest.raises(ValueError, match="no record of the settings"):
+        generate_twin(copy, preset, seed=5, texture_seed=2)
+    assert sorted(p.name for p in copy.iterdir()) == before

@@ -83,7 +83,8 @@ def test_noise_follows_inverse_sqrt_dose_is_unbiased_and_independent_between_acq
 
     16 slices of the insert's inner disc: ~21 000 voxels, whose FBP noise is correlated over a few pixels,
     so the sd of r between independent noise is about 0.017 (measured over 8 seeds) and 0.05 is about 3 sd."""
-    profile = dataclasses.replace(get_scanner("A1"), electronic_noise_counts=0.0, hu_offset=0.0, hu_scale=1.0)
+    profile = dataclasses.replace(get_scanner("A1"), electronic_noise_counts=0.0, hu_offset=0.0, hu_scale=1.0,
+                                  shading_hu=0.0)
     grid = _noise_grid(16)
     photons_per_mgy = calibrate(profile, grid)["photons_per_ray_per_mgy"]
     doses = np.array([1.0, 3.0, 6.0, 10.0, 14.0])
@@ -131,7 +132,7 @@ def test_signal_through_the_mtf_equals_project_and_fbp(code):
     """The twin's noise-free image (phantom through the kernel's MTF) equals projecting and reconstructing
     the phantom with the same kernel: rms within 6 HU inside the body away from its edge (below the
     10 mGy noise of every scanner, 15-45 HU); the means agree within 1 HU."""
-    profile = dataclasses.replace(get_scanner(code), hu_offset=0.0, hu_scale=1.0)
+    profile = dataclasses.replace(get_scanner(code), hu_offset=0.0, hu_scale=1.0, shading_hu=0.0)
     grid = ph.ScanGrid(N_FOV, PIXEL_MM, 2, 2.0, 2.0)
     hu = ph.build_phantom(grid, 0, ph.Pose(), 1).hu
     geom = ParallelBeam.for_matrix(N_FOV)

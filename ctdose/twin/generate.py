@@ -37,13 +37,13 @@ from ctdose.atomic import write_json
 from ctdose.dicom_io import CTSeriesMeta, write_ct_series
 from ctdose.naming import RECONS, ROI_NAMES, format_series_name
 from ctdose.parallel import parallel_map
-from ctdose.provenance import write_sidecar
+from ctdose.provenance import file_sha256, write_sidecar
 from ctdose.seg import write_seg
 from ctdose.twin import phantom as ph
 from ctdose.twin import imaging
 from ctdose.twin.presets import Preset
 from ctdose.twin.recon import denoise
-from ctdose.twin.scanners import MU_WATER_PER_MM, SCANNERS, ScannerProfile, get_scanner
+from ctdose.twin.scanners import MU_WATER_PER_MM, SCANNERS, ScannerProfile, choices_path, get_scanner
 from ctdose.volume import Volume
 
 #: Photons per ray used for the calibration run (high: the log transform is then nearly linear).
@@ -51,6 +51,9 @@ CALIBRATION_PHOTONS = 2.0e5
 #: Repositioning between repetitions: rotation about z (deg) and translation x, y, z (mm), uniform +-.
 POSE_ROTATION_DEG = 1.5
 POSE_TRANSLATION_MM = (3.0, 3.0, 2.0)
+#: Version of the twin's simulation: bumped when a change alters the series it writes (a folder made
+#: by another version is refused, not mixed).
+TWIN_MODEL_VERSION = 2
 #: Fixed date of the first scan (series date/times are derived from it).
 BASE_DATETIME = _dt.datetime(2024, 3, 4, 8, 0, 0)
 
@@ -197,7 +200,7 @@ def run_scan(job: ScanJob) -> dict[str, Any]:
     n_angles = imaging.n_angles_for(grid)
     s_index = list(SCANNERS).index(job.scanner)
     volume_geometry = {"origin": grid.origin, "spacing": grid.spacing}
-    series_records, signal, body, rois = [], None, None, None
+    series_records, signal, body, rois, roi_shading = [], None, None, None, None
     for dose in sorted({s["dose_mgy"] for s in plan}):
         todo = [s for s in plan if s["dose_mgy"] == dose]
         photons = cal["photons_per_ray_per_mgy"] * dose
@@ -208,6 +211,7 @@ def run_scan(job: ScanJob) -> dict[str, Any]:
             phantom = ph.build_phantom(grid, job.texture_seed, pose, job.preset.z_subsamples,
                                        margin=imaging.SIGNAL_MARGIN)
             signal, rois = imaging.signal_image(phantom, profile), phantom.rois
+            roi_shading = imaging.roi_shading_hu(phantom, profile)
             del phantom
             body = imaging.body_line_integrals(grid, pose, imaging.slab_positions(grid)[0], mu_w, n_angles)
         rng = np.random.default_rng([job.seed, s_index, job.rep, int(round(dose * 1000)), 2])
@@ -218,8 +222,11 @@ def run_scan(job: ScanJob) -> dict[str, Any]:
             image = fbp if s["recon"] == "FBP" else denoise(fbp, s["recon"], expected_noise_hu(profile, dose),
                                                             profile.ir_strength)
             _write_series(out, s, Volume(image, **volume_geometry), rois, profile)
+    if roi_shading is None:  # every series was already written: the record alone is rebuilt
+        roi_shading = imaging.roi_shading_hu(ph.build_phantom(grid, job.texture_seed, pose, 1,
+                                                              margin=imaging.SIGNAL_MARGIN), profile)
     record = {"scanner": job.scanner, "rep": job.rep, "pose": _pose_record(pose),
-              "calibration": cal, "n_angles": n_angles, "series": series_records}
+              "calibration": cal, "n_angles": n_angles, "roi_shading_hu": roi_shading, "series": series_records}
     write_json(record, record_path)
     return record
 
@@ -280,7 +287,9 @@ def ground_truth(preset: Preset, seed: int, texture_seed: int,
         "physics": {"geometry": "2-D parallel beam per noise slab (one increment thick), detector bin = "
                                 "pixel, views over 180 deg; targeted reconstruction of the preset's region",
                     "signal": "phantom (after the scanner's CT-number calibration) through the FBP MTF "
-                              "W(f / cutoff) sinc(f)^4; slice sensitivity: a box of the slice thickness",
+                              "W(f / cutoff) sinc(f)^4, plus the scanner's shading next to bone and edges "
+                              "(scans[].roi_shading_hu: its mean over each ROI); slice sensitivity: a box "
+                              "of the slice thickness",
                     "noise": "every (scanner, dose, repetition) an independent acquisition: Poisson counts "
                              "through the whole body, log with bias correction, FBP of the noise",
                     "log": "p = log(I0 / (n + 1/2))",
@@ -290,6 +299,36 @@ def ground_truth(preset: Preset, seed: int, texture_seed: int,
         "scans": [{k: v for k, v in rec.items() if k != "series"} for rec in records],
         "series": [s for rec in records for s in rec["series"]],
     }
+
+
+def twin_settings(preset: Preset, seed: int, texture_seed: int) -> dict[str, Any]:
+    """What fixes the content of every series of a twin folder: the model version, the seeds, the grid
+    and the scanner choices file's checksum (not the selection of scanners, doses, recons and repetitions,
+    which only adds or leaves out series)."""
+    grid = {k: v for k, v in asdict(preset).items() if k not in ("name", "scanners", "doses", "recons", "reps")}
+    return {"twin_model_version": TWIN_MODEL_VERSION, "seed": seed, "texture_seed": texture_seed, "grid": grid,
+            "scanner_choices_sha256": file_sha256(choices_path())}
+
+
+def _claim_folder(out: Path, preset: Preset, seed: int, texture_seed: int) -> None:
+    """Record the twin settings of ``out`` (``.jobs/settings.json``), or refuse a folder made with others:
+    its finished series would otherwise be kept beside series simulated differently."""
+    path = out / ".jobs" / "settings.json"
+    wanted = json.loads(json.dumps(twin_settings(preset, seed, texture_seed)))
+    if path.is_file():
+        try:
+            found = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            found = None
+        if found != wanted:
+            changed = sorted(k for k in wanted if not isinstance(found, dict) or found.get(k) != wanted[k])
+            raise ValueError(f"{out} holds a twin made with other settings ({', '.join(changed)} differ); "
+                             f"delete it or choose another output folder")
+    elif any(p.is_dir() and not p.name.startswith(".") for p in out.iterdir()):
+        raise ValueError(f"{out} holds series but no record of the settings they were made with; "
+                         f"delete it or choose another output folder")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(wanted, path)
 
 
 def generate_twin(out: str | Path, preset: Preset, seed: int = 0, texture_seed: int = 0,
@@ -311,6 +350,7 @@ def generate_twin(out: str | Path, preset: Preset, seed: int = 0, texture_seed: 
         raise ValueError(f"reps must be >= 1, got {preset.reps}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _claim_folder(out, preset, seed, texture_seed)
     jobs = [ScanJob(str(out), preset, code, rep, seed, texture_seed)
             for code in preset.scanners for rep in range(preset.reps)]
     records = parallel_map(run_scan, jobs, workers=workers, desc="twin scans", unit="scan")

@@ -15,6 +15,13 @@ of the noise. The twin computes the two parts the cheapest exact way each:
   ``acquisition``, the expected line integrals subtracted, and the noise sinogram reconstructed by
   FBP onto the reconstructed region only (targeted reconstruction: the region's pixels have exactly
   their weights in the full matrix).
+* **Shading.** A scanner-specific error of the CT numbers next to bone and the object's edges (a
+  stand-in for beam-hardening and scatter residuals, and for every other difference between scanners
+  that repeated scans on one scanner share): ``shading_hu`` times a unit-variance field of
+  long-wavelength plane waves fixed in scanner coordinates, seeded by the scanner code, so it is the
+  same for every dose and repetition of a scanner and differs between scanners (``shading_field``),
+  times a weight that decays over SHADING_DECAY_MM away from bone and air (``shading_weight``), so
+  the liver's interior and its ROIs keep their CT numbers.
 * **Slice sensitivity.** A slice of thickness ``m * increment`` averages ``m`` independent noise slabs
   one increment thick (each with 1/m of the slice's photons), so neighbouring slices share noise as
   overlapping reconstructions do; the signal averages phantom planes over the thickness
@@ -27,7 +34,9 @@ acquisitions. FBP, IR and DL of one acquisition share its counts (``generate``).
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
+from ctdose.naming import ROI_NAMES
 from ctdose.twin import phantom as ph
 from ctdose.twin.acquisition import acquire_counts, add_electronic_noise, counts_to_line_integrals, hu_to_mu
 from ctdose.twin.projector import ParallelBeam, default_n_angles, fbp, project, window_response
@@ -38,6 +47,17 @@ COARSE_FACTOR = 4
 #: Pixels voxelised around the region for the signal's blur (the PSF falls below 1e-3 of its peak
 #: within about 8 pixels for the twin's windows).
 SIGNAL_MARGIN = 24
+#: Noise-free HU below which a voxel is air (no shading there), and from which it is bone.
+AIR_HU = -500.0
+BONE_HU = 500.0
+#: Decay length (mm) of the shading away from bone and the object's edges.
+SHADING_DECAY_MM = 8.0
+#: The shading pattern: plane waves, their in-plane wavelength range and shortest wavelength along z
+#: (mm), and the seed mixed with the scanner code.
+SHADING_WAVES = 24
+SHADING_WAVELENGTH_MM = (80.0, 350.0)
+SHADING_MIN_WAVELENGTH_Z_MM = 200.0
+SHADING_SEED = 20241104
 
 
 def n_angles_for(grid: ph.ScanGrid) -> int:
@@ -57,13 +77,72 @@ def system_mtf(shape: tuple[int, int], window: str, cutoff: float) -> np.ndarray
     return (window_response(f, window, cutoff) * np.sinc(f) ** 4).astype(np.float32)
 
 
+def shading_field(grid: ph.ScanGrid, code: str) -> np.ndarray:
+    """Scanner ``code``'s unit-variance shading pattern on ``grid``'s region (slices, rows, cols) float32.
+
+    ``sqrt(2 / K) sum_j cos(2 pi k_j . x + phase_j)`` over K = SHADING_WAVES plane waves in scanner
+    coordinates x (mm, from the field of view's center and z = 0): in-plane wavelengths uniform in
+    SHADING_WAVELENGTH_MM, along z at least SHADING_MIN_WAVELENGTH_Z_MM. Variance 1 in expectation
+    (each wave's is 1/2); the same function of position on any grid.
+    """
+    rng = np.random.default_rng([SHADING_SEED, *(ord(ch) for ch in code.upper())])
+    k_plane = 1.0 / rng.uniform(*SHADING_WAVELENGTH_MM, SHADING_WAVES)
+    angle = rng.uniform(0.0, 2 * np.pi, SHADING_WAVES)
+    kz = rng.uniform(-1.0, 1.0, SHADING_WAVES) / SHADING_MIN_WAVELENGTH_Z_MM
+    phase = rng.uniform(0.0, 2 * np.pi, SHADING_WAVES)
+    row0, col0, rows, cols = grid.box
+    c = grid.n_pix // 2
+    x = (np.arange(col0, col0 + cols) - c) * grid.pixel_mm
+    y = (np.arange(row0, row0 + rows) - c) * grid.pixel_mm
+    z = grid.slice_z
+    ex = np.exp(2j * np.pi * np.outer(k_plane * np.cos(angle), x))          # (K, cols)
+    ey = np.exp(2j * np.pi * np.outer(k_plane * np.sin(angle), y))          # (K, rows)
+    ez = np.exp(1j * (2 * np.pi * np.outer(z, kz) + phase[None, :]))         # (slices, K)
+    plane = (ey[:, :, None] * ex[:, None, :]).reshape(SHADING_WAVES, -1)     # (K, rows * cols)
+    field = np.real(ez @ plane).reshape(len(z), rows, cols) * np.sqrt(2.0 / SHADING_WAVES)
+    return field.astype(np.float32)
+
+
+def shading_weight(phantom: ph.PhantomImage) -> np.ndarray:
+    """Where the shading acts, (slices, rows, cols) of the region in [0, 1]: ``exp(-d / SHADING_DECAY_MM)``
+    with ``d`` the in-plane distance (mm) to the nearest bone or air voxel of the noise-free phantom
+    (HU >= BONE_HU or < AIR_HU, margin included), 0 in air itself.
+
+    Beam-hardening and scatter errors concentrate next to dense bone and at the object's edges (streaks,
+    dark bands); the liver's interior, where the ROIs are, is left nearly untouched.
+    """
+    dense_or_air = (phantom.hu >= BONE_HU) | (phantom.hu < AIR_HU)
+    distance = np.stack([ndimage.distance_transform_edt(~plane, sampling=phantom.grid.pixel_mm)
+                         for plane in dense_or_air])
+    m = phantom.margin
+    inner = (slice(None), slice(m, phantom.hu.shape[1] - m), slice(m, phantom.hu.shape[2] - m))
+    weight = np.exp(-distance[inner] / SHADING_DECAY_MM).astype(np.float32)
+    weight[phantom.hu[inner] < AIR_HU] = 0.0
+    return weight
+
+
+def roi_shading_hu(phantom: ph.PhantomImage, profile: ScannerProfile) -> dict[str, float]:
+    """Mean shading (HU) over each ROI's voxels of ``phantom.rois``: what the scanner adds to the ROI's
+    calibrated CT number in this scan (ROIs outside the region are left out)."""
+    field = shading_field(phantom.grid, profile.code) * shading_weight(phantom) * np.float32(profile.shading_hu)
+    return {name: round(float(field[phantom.rois == i].mean()), 3)
+            for i, name in enumerate(ROI_NAMES, start=1) if (phantom.rois == i).any()}
+
+
 def signal_image(phantom: ph.PhantomImage, profile: ScannerProfile) -> np.ndarray:
-    """The noise-free FBP image of a phantom on its grid's region (slices, rows, cols), HU float32."""
+    """The noise-free FBP image of a phantom on its grid's region (slices, rows, cols), HU float32.
+
+    CT-number calibration (``hu_scale * HU + hu_offset``), the kernel's MTF, then the scanner's shading
+    (``profile.shading_hu`` x ``shading_field`` x ``shading_weight``).
+    """
     hu = profile.hu_scale * phantom.hu + np.float32(profile.hu_offset)
     mtf = system_mtf(hu.shape[1:], profile.window, profile.cutoff)
     blurred = np.fft.irfft2(np.fft.rfft2(hu) * mtf, s=hu.shape[1:]).astype(np.float32)
     m = phantom.margin
-    return np.ascontiguousarray(blurred[:, m:blurred.shape[1] - m, m:blurred.shape[2] - m])
+    image = np.ascontiguousarray(blurred[:, m:blurred.shape[1] - m, m:blurred.shape[2] - m])
+    if profile.shading_hu:
+        image += np.float32(profile.shading_hu) * shading_field(phantom.grid, profile.code) * shading_weight(phantom)
+    return image
 
 
 def slab_positions(grid: ph.ScanGrid) -> tuple[np.ndarray, int]:

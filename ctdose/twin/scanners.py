@@ -9,7 +9,8 @@ What the paper does not give is chosen by the twin (``ctdose/data/twin_scanner_c
 ``data/calibrate_twin.py``): the kernel tags written in DICOM, the ramp-filter window and cut-off standing
 for each kernel's MTF, the FBP noise in normal liver at 10 mGy (sets the photon count), the electronic
 noise (makes noise grow faster than dose^-0.5 at the lowest doses), the CT-number calibration (offset
-and contrast scale of the HU scale) and the IR / DL denoising strength. Those choices are calibrated so
+and contrast scale of the HU scale), a smooth shading of the CT numbers (``imaging.shading_field``)
+and the IR / DL denoising strength. Those choices are calibrated so
 that the dataset paper's Table 6 and Tables 3-5, computed on the twin as the paper's code did, come out
 close to the published ones (see the README's "What the twin matches and what it invents").
 """
@@ -55,6 +56,7 @@ class ScannerProfile:
     electronic_noise_counts: float  # Gaussian detector noise std per ray and view
     hu_offset: float  # CT-number offset (HU added to every voxel)
     hu_scale: float  # contrast scale of the HU axis (1 = exact)
+    shading_hu: float  # rms of the scanner's smooth CT-number non-uniformity inside the object (HU)
     ir_strength: float  # weight of the IR smoothing (DL uses DL_STRENGTH_FACTOR times it)
 
     @property
@@ -117,7 +119,8 @@ def load_scanners() -> dict[str, ScannerProfile]:
             kernel=str(c["kernel"]), ir_kernel=str(c["ir_kernel"]), window=str(c["window"]),
             cutoff=float(c["cutoff"]), noise_10mgy_hu=float(c["noise_10mgy_hu"]),
             electronic_noise_counts=float(c["electronic_noise_counts"]), hu_offset=float(c["hu_offset"]),
-            hu_scale=float(c["hu_scale"]), ir_strength=float(c["ir_strength"]))
+            hu_scale=float(c["hu_scale"]), shading_hu=float(c["shading_hu"]),
+            ir_strength=float(c["ir_strength"]))
     return profiles
 
 
