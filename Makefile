@@ -12,9 +12,10 @@ TWIN ?= data/twin_demo
 WORKERS ?= 2
 # patches per ROI used by the extractors (the centers file always holds 10 per ROI)
 DEMO_PATCHES ?= 2
-# SwinUNETR (~0.6 s/patch) and CT-FM (~0.25 s/patch on a 2-core CPU): FBP series, 1 patch per ROI
-SWIN_DEMO_FLAGS ?= --recons FBP --patches-per-roi 1
-CTFM_DEMO_FLAGS ?= --recons FBP --patches-per-roi 1
+# SwinUNETR (~0.9 s/patch) and CT-FM (~0.3 s/patch on a 2-core CPU): FBP series of the first
+# repetition, 1 patch per ROI (390 patches)
+SWIN_DEMO_FLAGS ?= --recons FBP --repetitions 1 --patches-per-roi 1
+CTFM_DEMO_FLAGS ?= --recons FBP --repetitions 1 --patches-per-roi 1
 # the study's CNN weights are private: `cnn/pretrain_cnn.py` pretrains it on a separate twin (skips if done)
 CNN_WEIGHTS ?= cnn/weights/shallow_cnn.pt
 # Swin and CT-FM load swin/weights/model_swinvit.pt and ct-fm/weights/ct_fm_feature_extractor when present

@@ -43,6 +43,9 @@ def test_select_series_filters_and_keeps_catalog_order():
     assert list(driver.select_series(catalog, recons=["fbp"], max_series=2)["series_uid"]) == ["a", "c"]
     with pytest.raises(ValueError, match="no catalog series"):
         driver.select_series(catalog, scanners=["H2"])
+    catalog["repetition"] = [1, 1, 2, 1, 1, 2]
+    assert list(driver.select_series(catalog, repetitions=[2])["series_uid"]) == ["c", "f"]
+    assert list(driver.select_series(catalog, scanners=["A1"], repetitions=[1, 2])["series_uid"]) == ["a", "b", "f"]
 
 
 def test_select_centers_takes_first_k_per_roi_in_the_files_roi_order():

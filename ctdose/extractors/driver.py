@@ -4,7 +4,7 @@ Flow of every extractor script:
 
 1. :func:`read_inputs` reads ``results/catalog.csv`` and ``results/patch_centers.csv``;
    :func:`select_series` / :func:`select_centers` apply the command-line filters
-   (scanners, doses, recons, at most N series; the first K centers of each ROI).
+   (scanners, doses, recons, repetitions, at most N series; the first K centers of each ROI).
 2. :func:`make_jobs` turns each selected catalog row into a picklable :class:`SeriesJob`.
 3. :func:`run_job` computes one series' rows unless its partial CSV
    (``results/features/partial/<name>/<series_uid>.csv``) is current: made with the same
@@ -93,8 +93,11 @@ def read_inputs(layout: ResultsLayout) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def select_series(catalog: pd.DataFrame, scanners: Sequence[str] | None = None,
                   doses: Sequence[float] | None = None, recons: Sequence[str] | None = None,
-                  max_series: int | None = None) -> pd.DataFrame:
-    """Catalog rows passing the filters, in catalog order; at most ``max_series`` (ValueError if none)."""
+                  max_series: int | None = None, repetitions: Sequence[int] | None = None) -> pd.DataFrame:
+    """Catalog rows passing the filters, in catalog order; at most ``max_series`` (ValueError if none).
+
+    ``repetitions``: 1-based repetition numbers of the catalog (its order of acquisition per scanner,
+    dose and reconstruction) to keep."""
     keep = np.ones(len(catalog), dtype=bool)
     if scanners:
         keep &= catalog["scanner"].astype(str).str.upper().isin([s.upper() for s in scanners]).to_numpy()
@@ -102,11 +105,14 @@ def select_series(catalog: pd.DataFrame, scanners: Sequence[str] | None = None,
         keep &= np.isin(catalog["dose_mgy"].astype(float).to_numpy(), [float(d) for d in doses])
     if recons:
         keep &= catalog["recon"].astype(str).str.upper().isin([r.upper() for r in recons]).to_numpy()
+    if repetitions:
+        keep &= np.isin(catalog["repetition"].astype(int).to_numpy(), [int(r) for r in repetitions])
     selected = catalog.loc[keep]
     if max_series is not None:
         selected = selected.head(max_series)
     if selected.empty:
-        raise ValueError(f"no catalog series match scanners={scanners} doses={doses} recons={recons}")
+        raise ValueError(f"no catalog series match scanners={scanners} doses={doses} recons={recons} "
+                         f"repetitions={repetitions}")
     return selected.reset_index(drop=True)
 
 
@@ -317,6 +323,8 @@ def add_common_args(parser: argparse.ArgumentParser, results: str) -> None:
     parser.add_argument("--doses", nargs="+", type=float, metavar="MGY", help="only these nominal doses (mGy)")
     parser.add_argument("--recons", nargs="+", metavar="RECON", help="only these reconstructions (FBP IR DL)")
     parser.add_argument("--max-series", type=int, metavar="N", help="at most N series (first in catalog order)")
+    parser.add_argument("--repetitions", nargs="+", type=int, metavar="R",
+                        help="only these repetitions (1-based, the catalog's repetition column)")
     parser.add_argument("--patches-per-roi", type=int, metavar="K",
                         help="use the first K centers of each ROI (default: all)")
     parser.add_argument("--patch-size", type=int, nargs=3, default=list(PATCH_SIZE_XYZ), metavar=("X", "Y", "Z"),
@@ -340,7 +348,8 @@ def prepare(args: argparse.Namespace, name: str,
     """
     layout = ResultsLayout(args.results)
     catalog, centers = read_inputs(layout)
-    series = select_series(catalog, args.scanners, args.doses, args.recons, args.max_series)
+    series = select_series(catalog, args.scanners, args.doses, args.recons, args.max_series,
+                           getattr(args, "repetitions", None))
     chosen = select_centers(centers, args.patches_per_roi)
     patch = PatchSettings(tuple(args.patch_size), tuple(args.patch_spacing))
     if not 0.0 <= args.max_outside_share <= 1.0:
@@ -352,6 +361,6 @@ def prepare(args: argparse.Namespace, name: str,
 def selection_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The shared flags as a plain dict for the merged table's sidecar (the protocol is named there; a
     partial depends only on what changes its values, so switching protocols re-merges, never re-extracts)."""
-    keys = ("scanners", "doses", "recons", "max_series", "patches_per_roi", "patch_size",
+    keys = ("scanners", "doses", "recons", "repetitions", "max_series", "patches_per_roi", "patch_size",
             "patch_spacing", "max_outside_share", "protocol")
     return {k: getattr(args, k, None) for k in keys}
