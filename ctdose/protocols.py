@@ -60,9 +60,15 @@ class UMAPPreset:
 
 @dataclass(frozen=True)
 class PatchPreset:
-    """Default patch size of the extractor scripts (voxels x, y, z on the 0.68 x 0.68 x 2 mm grid)."""
+    """Default patch size of the extractor scripts (voxels x, y, z on the 0.68 x 0.68 x 2 mm grid), and
+    the sizes of extractors whose network cannot take it (``per_extractor``: (name, size) pairs)."""
 
     patch_size: tuple[int, int, int]
+    per_extractor: tuple[tuple[str, tuple[int, int, int]], ...] = ()
+
+    def size_for(self, extractor: str | None) -> tuple[int, int, int]:
+        """The default patch size of ``extractor`` (None: the protocol's own)."""
+        return dict(self.per_extractor).get(extractor, self.patch_size)
 
 
 @dataclass(frozen=True)
@@ -127,7 +133,10 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
         icc=ICCPreset(views=("scanner",), targets="roi_patch", recon="average", repetitions="average",
                       clip=True, statistic="icc3_1", doses=(10.0,)),
         umap=UMAPPreset(n_neighbors=100, min_dist=1.0, epochs=1000),
-        patches=PatchPreset(patch_size=(32, 32, 16)),
+        # SwinUNETR's windows need sides that are multiples of 32 voxels: its patches here are the
+        # protocol's 32 x 32 in-plane with 32 slices (64 mm along z; the toolkit's choice, recorded in
+        # the feature table's sidecar as its patch_size)
+        patches=PatchPreset(patch_size=(32, 32, 16), per_extractor=(("swin", (32, 32, 32)),)),
         classify=ClassifyPreset(classifier="mlp", loso_draw="random", n_folds=10)),
 )}
 DEFAULT_PROTOCOL = "toolkit"
@@ -163,7 +172,10 @@ def parse_with_protocol(parser: argparse.ArgumentParser, argv: Sequence[str] | N
 
 
 class _PatchSizeFromProtocol(argparse.Action):
-    """``--protocol NAME``: store it and, unless ``--patch-size`` was given, take the preset's size."""
+    """``--protocol NAME``: store it and, unless ``--patch-size`` was given, take the preset's size (for
+    the extractor named in ``extractor``)."""
+
+    extractor: str | None = None
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
@@ -171,14 +183,15 @@ class _PatchSizeFromProtocol(argparse.Action):
         # argparse builds a new list for every explicit --patch-size, so identity with the parser's
         # default object means "not given" wherever --patch-size stands on the command line
         if getattr(namespace, "patch_size", None) is parser.get_default("patch_size"):
-            setattr(namespace, "patch_size", list(get_protocol(values).patches.patch_size))
+            setattr(namespace, "patch_size", list(get_protocol(values).patches.size_for(self.extractor)))
 
 
-def add_patch_protocol_flag(parser: argparse.ArgumentParser) -> None:
+def add_patch_protocol_flag(parser: argparse.ArgumentParser, extractor: str | None = None) -> None:
     """``--protocol`` for an extractor script whose ``--patch-size`` (nargs=3) is already added: the
-    preset sets the patch size unless ``--patch-size`` is given (in either order)."""
-    parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=list(PROTOCOLS),
-                        action=_PatchSizeFromProtocol,
+    preset sets the patch size (``extractor``'s, where the preset gives one) unless ``--patch-size`` is
+    given (in either order)."""
+    action = type("PatchSizeFromProtocol", (_PatchSizeFromProtocol,), {"extractor": extractor})
+    parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=list(PROTOCOLS), action=action,
                         help="preset whose patch size is the default (explicit --patch-size overrides): "
-                             + ", ".join(f"{n} {'x'.join(map(str, p.patches.patch_size))}"
+                             + ", ".join(f"{n} {'x'.join(map(str, p.patches.size_for(extractor)))}"
                                          for n, p in PROTOCOLS.items()) + " (default: %(default)s)")

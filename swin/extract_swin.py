@@ -34,7 +34,7 @@ NAME = "swin"                # extractor name: features/swin.csv, feature column
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    driver.add_common_args(parser, str(repo_path(RESULTS)))
+    driver.add_common_args(parser, str(repo_path(RESULTS)), extractor="swin")
     parser.set_defaults(patches_per_roi=PATCHES_PER_ROI)
     deep.add_deep_args(parser, str(repo_path(WEIGHTS)), BATCH_SIZE, DEVICE, SEED, ALLOW_UNTRAINED)
     return parser.parse_args(argv)

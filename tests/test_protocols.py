@@ -145,6 +145,13 @@ def test_explicit_flags_override_the_preset_wherever_they_stand():
                        (["--patch-size", "64", "64", "32", "--protocol", "dataset-paper"], [64, 64, 32]),
                        (["--protocol", "dataset-paper", "--patch-size", "8", "8", "4"], [8, 8, 4])):
         assert parser.parse_args(argv).patch_size == size, argv
+    # SwinUNETR cannot take 16 slices: its dataset-paper patches keep 32 x 32 in-plane with 32 slices,
+    # and the swin script's --protocol gives it that
+    swin = load_script("swin/extract_swin.py")
+    assert swin.parse_args(["--protocol", "dataset-paper"]).patch_size == [32, 32, 32]
+    assert swin.parse_args(["--protocol", "study"]).patch_size == [64, 64, 32]
+    assert all(s % 32 == 0 for s in PROTOCOLS["dataset-paper"].patches.size_for("swin"))
+    assert PROTOCOLS["dataset-paper"].patches.size_for("radiomics") == (32, 32, 16)
 
 
 def _placeholder_figure(fig, stem):

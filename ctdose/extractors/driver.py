@@ -314,8 +314,9 @@ def finish(name: str, layout: ResultsLayout, jobs: Sequence[SeriesJob], settings
 # --------------------------------------------------------------------------- command line
 
 
-def add_common_args(parser: argparse.ArgumentParser, results: str) -> None:
-    """Flags every extractor script shares (results folder, selection, patch geometry)."""
+def add_common_args(parser: argparse.ArgumentParser, results: str, extractor: str | None = None) -> None:
+    """Flags every extractor script shares (results folder, selection, patch geometry); ``extractor``
+    names the script's extractor for a protocol's per-extractor patch size."""
     parser.add_argument("--results", default=results,
                         help="results folder holding catalog.csv, patch_centers.csv, transforms/ "
                              "(default: %(default)s)")
@@ -330,7 +331,7 @@ def add_common_args(parser: argparse.ArgumentParser, results: str) -> None:
     parser.add_argument("--patch-size", type=int, nargs=3, default=list(PATCH_SIZE_XYZ), metavar=("X", "Y", "Z"),
                         help="patch size in voxels along x y z (default: the --protocol preset's, %(default)s "
                              "for toolkit)")
-    add_patch_protocol_flag(parser)
+    add_patch_protocol_flag(parser, extractor)
     parser.add_argument("--patch-spacing", type=float, nargs=3, default=list(PATCH_SPACING_XYZ),
                         metavar=("X", "Y", "Z"), help="patch voxel spacing in mm (default: %(default)s)")
     parser.add_argument("--max-outside-share", type=float, default=MAX_OUTSIDE_SHARE, metavar="F",
