@@ -26,8 +26,8 @@ import scipy.sparse as sp
 #: Apodisation windows of the ramp filter (vendor "standard" kernels differ in window and cut-off).
 WINDOWS: tuple[str, ...] = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
 #: Slices back-projected together: each pixel's row of the sparse product then reads 16 floats (one
-#: cache line) per detector bin; whole volumes at once spill the cache (measured 1.3 s vs 1.8 s for
-#: 92 slabs of the demo's region).
+#: cache line) per detector bin; whole volumes at once spill the cache (92 slabs of the demo's region,
+#: two runs: 1.35 s vs 2.43 s and 1.69 s vs 1.82 s; 4 or 8 slices at a time were slower).
 BACKPROJECT_BLOCK = 16
 
 
