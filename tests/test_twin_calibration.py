@@ -130,5 +130,5 @@ def test_shading_acts_next_to_bone_and_edges_not_in_air_or_the_rois():
     for r, c in tissue[rng.choice(len(tissue), 5, replace=False)]:
         d = np.sqrt(((rows - (r + m)) ** 2 + (cols - (c + m)) ** 2).min()) * grid.pixel_mm
         assert weight[0, r, c] == pytest.approx(np.exp(-d / imaging.SHADING_DECAY_MM), rel=1e-4)
-    shifts = imaging.roi_shading_hu(phantom, profile)
+    shifts = imaging.roi_shading_hu(imaging.shading_image(phantom, profile), phantom.rois)
     assert shifts and max(abs(v) for v in shifts.values()) < 2.0, shifts

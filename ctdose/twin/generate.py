@@ -210,9 +210,10 @@ def run_scan(job: ScanJob) -> dict[str, Any]:
         if signal is None:  # the placement's noise-free image and body projections, once per scan
             phantom = ph.build_phantom(grid, job.texture_seed, pose, job.preset.z_subsamples,
                                        margin=imaging.SIGNAL_MARGIN)
-            signal, rois = imaging.signal_image(phantom, profile), phantom.rois
-            roi_shading = imaging.roi_shading_hu(phantom, profile)
-            del phantom
+            shading = imaging.shading_image(phantom, profile)
+            signal, rois = imaging.signal_image(phantom, profile, shading), phantom.rois
+            roi_shading = imaging.roi_shading_hu(shading, rois)
+            del phantom, shading
             body = imaging.body_line_integrals(grid, pose, imaging.slab_positions(grid)[0], mu_w, n_angles)
         rng = np.random.default_rng([job.seed, s_index, job.rep, int(round(dose * 1000)), 2])
         fbp = signal + imaging.acquisition_noise(body, grid, profile, mu_w, photons, rng)
@@ -223,8 +224,8 @@ def run_scan(job: ScanJob) -> dict[str, Any]:
                                                             profile.ir_strength)
             _write_series(out, s, Volume(image, **volume_geometry), rois, profile)
     if roi_shading is None:  # every series was already written: the record alone is rebuilt
-        roi_shading = imaging.roi_shading_hu(ph.build_phantom(grid, job.texture_seed, pose, 1,
-                                                              margin=imaging.SIGNAL_MARGIN), profile)
+        phantom = ph.build_phantom(grid, job.texture_seed, pose, 1, margin=imaging.SIGNAL_MARGIN)
+        roi_shading = imaging.roi_shading_hu(imaging.shading_image(phantom, profile), phantom.rois)
     record = {"scanner": job.scanner, "rep": job.rep, "pose": _pose_record(pose),
               "calibration": cal, "n_angles": n_angles, "roi_shading_hu": roi_shading, "series": series_records}
     write_json(record, record_path)

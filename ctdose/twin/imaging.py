@@ -121,19 +121,26 @@ def shading_weight(phantom: ph.PhantomImage) -> np.ndarray:
     return weight
 
 
-def roi_shading_hu(phantom: ph.PhantomImage, profile: ScannerProfile) -> dict[str, float]:
-    """Mean shading (HU) over each ROI's voxels of ``phantom.rois``: what the scanner adds to the ROI's
-    calibrated CT number in this scan (ROIs outside the region are left out)."""
-    field = shading_field(phantom.grid, profile.code) * shading_weight(phantom) * np.float32(profile.shading_hu)
-    return {name: round(float(field[phantom.rois == i].mean()), 3)
-            for i, name in enumerate(ROI_NAMES, start=1) if (phantom.rois == i).any()}
+def shading_image(phantom: ph.PhantomImage, profile: ScannerProfile) -> np.ndarray:
+    """The scanner's shading on the phantom's region (slices, rows, cols), HU float32:
+    ``profile.shading_hu`` x ``shading_field`` x ``shading_weight`` (zeros when ``shading_hu`` is 0)."""
+    if not profile.shading_hu:
+        return np.zeros(phantom.rois.shape, dtype=np.float32)
+    return np.float32(profile.shading_hu) * shading_field(phantom.grid, profile.code) * shading_weight(phantom)
 
 
-def signal_image(phantom: ph.PhantomImage, profile: ScannerProfile) -> np.ndarray:
+def roi_shading_hu(shading: np.ndarray, rois: np.ndarray) -> dict[str, float]:
+    """Mean of ``shading`` (HU, ``shading_image``) over each ROI's voxels of ``rois`` (labels 1..6, same
+    shape): what the scanner adds to the ROI's calibrated CT number in this scan (absent ROIs left out)."""
+    return {name: round(float(shading[rois == i].mean()), 3)
+            for i, name in enumerate(ROI_NAMES, start=1) if (rois == i).any()}
+
+
+def signal_image(phantom: ph.PhantomImage, profile: ScannerProfile, shading: np.ndarray | None = None) -> np.ndarray:
     """The noise-free FBP image of a phantom on its grid's region (slices, rows, cols), HU float32.
 
     CT-number calibration (``hu_scale * HU + hu_offset``), the kernel's MTF, then the scanner's shading
-    (``profile.shading_hu`` x ``shading_field`` x ``shading_weight``).
+    (``shading_image``; pass it when already computed).
     """
     hu = profile.hu_scale * phantom.hu + np.float32(profile.hu_offset)
     mtf = system_mtf(hu.shape[1:], profile.window, profile.cutoff)
@@ -141,7 +148,7 @@ def signal_image(phantom: ph.PhantomImage, profile: ScannerProfile) -> np.ndarra
     m = phantom.margin
     image = np.ascontiguousarray(blurred[:, m:blurred.shape[1] - m, m:blurred.shape[2] - m])
     if profile.shading_hu:
-        image += np.float32(profile.shading_hu) * shading_field(phantom.grid, profile.code) * shading_weight(phantom)
+        image += shading_image(phantom, profile) if shading is None else shading
     return image
 
 
