@@ -54,7 +54,7 @@ def test_pair_model_equals_clip_then_bin_shrink_of_each_scanners_image():
     hu, fields = _synthetic_region(rng, 5)
     offsets, scales = rng.uniform(-40, 40, 5), rng.uniform(0.9, 1.1, 5)
     shading, floor = rng.uniform(0, 30, 5), rng.uniform(5, 20, 5)
-    inside = hu >= calibration.AIR_THRESHOLD_HU
+    inside = hu >= imaging.AIR_HU
     binned = [bin_shrink(clip_hu(g * hu + o + c * f * inside), 4) for o, g, c, f in zip(offsets, scales, shading, fields)]
     expected = np.array([[np.sqrt(np.mean((a - b) ** 2) + (fa ** 2 + fb ** 2) / 2) for b, fb in zip(binned, floor)]
                          for a, fa in zip(binned, floor)])

@@ -349,8 +349,7 @@ def prepare(args: argparse.Namespace, name: str,
     """
     layout = ResultsLayout(args.results)
     catalog, centers = read_inputs(layout)
-    series = select_series(catalog, args.scanners, args.doses, args.recons, args.max_series,
-                           getattr(args, "repetitions", None))
+    series = select_series(catalog, args.scanners, args.doses, args.recons, args.max_series, args.repetitions)
     chosen = select_centers(centers, args.patches_per_roi)
     patch = PatchSettings(tuple(args.patch_size), tuple(args.patch_spacing))
     if not 0.0 <= args.max_outside_share <= 1.0:

@@ -113,17 +113,14 @@ def fit_noise(profile: ScannerProfile, targets: dict[float, float], preset: Pres
     return fitted, dose_rmse(fitted, preset, seed)
 
 
-#: Fine voxels below this (HU, noise-free) count as air in :class:`RegionBins` (as the twin's shading).
-AIR_THRESHOLD_HU = imaging.AIR_HU
-
-
 @dataclass(frozen=True)
 class RegionBins:
     """The reconstructed region after the paper's bin-shrink, split into air and tissue per bin.
 
     ``air_fraction`` and ``tissue_hu``: (V,) per bin, the share of its fine voxels below
-    AIR_THRESHOLD_HU and the mean noise-free HU of the others; ``shading``: (S, V) each scanner's unit
-    shading field averaged over the tissue voxels of each bin; ``air_hu``: the mean HU of the air voxels.
+    ``imaging.AIR_HU`` (the twin's own air threshold) and the mean noise-free HU of the others;
+    ``shading``: (S, V) each scanner's unit shading field averaged over the tissue voxels of each bin;
+    ``air_hu``: the mean HU of the air voxels.
     Air is kept apart because the images are clipped at -1000 HU before binning (the paper's order): a
     scanner's offset and scale move tissue linearly but move air only down to the clip, and air has no
     shading.
@@ -149,7 +146,7 @@ class RegionBins:
 def region_bins(hu: np.ndarray, shading: np.ndarray, shrink: int = 4) -> RegionBins:
     """:class:`RegionBins` of a noise-free image ``hu`` (z, y, x) and unit shading fields (S, z, y, x),
     binned ``shrink`` per axis."""
-    air = hu < AIR_THRESHOLD_HU
+    air = hu < imaging.AIR_HU
     f = bin_shrink(air.astype(np.float32), shrink).ravel()
     tissue_share = np.maximum(1.0 - f, 1e-6)
 
@@ -227,7 +224,8 @@ def fit_ct_numbers(published: pd.DataFrame, codes: list[str], bins: RegionBins,
 
     rng = np.random.default_rng(0)
     lo = np.concatenate([np.full(n, -OFFSET_BOUND_HU), np.full(n, -SCALE_BOUND), np.zeros(len(codes))])
-    hi = np.concatenate([np.full(n, OFFSET_BOUND_HU), np.full(n, SCALE_BOUND), np.full(len(codes), SHADING_BOUND_HU)])
+    hi = np.concatenate([np.full(n, OFFSET_BOUND_HU), np.full(n, SCALE_BOUND),
+                         np.full(len(codes), SHADING_BOUND_HU)])
     best = None
     for start in range(8):  # a few seeded starts: the problem has mirror-image minima
         x0 = rng.uniform(lo, hi)
@@ -236,5 +234,6 @@ def fit_ct_numbers(published: pd.DataFrame, codes: list[str], bins: RegionBins,
             best = fit
     o, s, c = unpack(best.x)
     cells = off[["scanner_a", "scanner_b"]].assign(paper=target, twin_model=pair_rmse(o, s, c, bins, floor)[ia, ib])
-    return ({code: (round(float(o[index[code]]), 2), round(float(s[index[code]]), 4), round(float(c[index[code]]), 2))
-             for code in codes}, cells.reset_index(drop=True))
+    fitted = {code: (round(float(o[i]), 2), round(float(s[i]), 4), round(float(c[i]), 2))
+              for code, i in index.items()}
+    return fitted, cells.reset_index(drop=True)
