@@ -160,11 +160,15 @@ def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.nd
 
 
 def _window_mean(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Separable Gaussian mean of ``x`` on its valid part (shape - (len(w) - 1) per axis)."""
+    """Separable Gaussian mean of ``x`` on its valid part (shape - (len(w) - 1) per axis).
+
+    Each axis is cropped to its valid part right after its pass, so the later passes filter less.
+    """
+    pad = len(w) // 2
     for axis in range(x.ndim):
         x = ndimage.correlate1d(x, w, axis=axis, mode="constant")
-    pad = len(w) // 2
-    return x[tuple(slice(pad, s - pad) for s in x.shape)]
+        x = x[(slice(None),) * axis + (slice(pad, x.shape[axis] - pad),)]
+    return x
 
 
 def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE_HU, win_size: int = SSIM_WINDOW,
@@ -482,8 +486,9 @@ def pair_jobs(catalog: pd.DataFrame, pairs: pd.DataFrame, layout: ResultsLayout,
     return jobs
 
 
-def measure_pair(job: PairJob) -> dict[str, Any]:
-    """Read both series and their transforms and :func:`compare_volumes` them.
+def measure_pair(job: PairJob, reference: Volume | None = None) -> dict[str, Any]:
+    """Read both series (the reference only when not given) and their transforms and
+    :func:`compare_volumes` them.
 
     Returns the pair's fields plus the metrics, n_voxels, uncovered_fraction, same_scan and resampled.
     """
@@ -491,7 +496,8 @@ def measure_pair(job: PairJob) -> dict[str, Any]:
     from ctdose.transform_io import load_transform
 
     series = read_ct_series(job.series_path, job.pair["series_uid"])
-    reference = read_reference_series(job.reference_path, job.pair["reference_uid"])
+    if reference is None:
+        reference = read_reference_series(job.reference_path, job.pair["reference_uid"])
     tx, ref_tx = load_transform(job.transform), load_transform(job.reference_transform)
     same_scan = bool(job.pair["same_acquisition"]) or same_transform(tx, ref_tx)
     result = compare_volumes(series, tx, reference, ref_tx, job.region, job.shrink, same_scan,
@@ -511,12 +517,19 @@ def cached_pair(job: PairJob) -> dict[str, Any] | None:
     return read_csv(job.cache, dtype=_PAIR_DTYPES).iloc[0].to_dict()
 
 
-def measure_and_cache(job: PairJob) -> dict[str, Any]:
-    """:func:`measure_pair`, then its row written as the pair's one-row CSV and sidecar (atomically)."""
-    row = measure_pair(job)
-    write_csv(pd.DataFrame([row]), job.cache)
-    write_sidecar(job.cache, job.settings, inputs=job.inputs, n_rows=1)
-    return row
+def measure_and_cache(jobs: Sequence[PairJob]) -> list[dict[str, Any]]:
+    """:func:`measure_pair` for pairs of one reference series (read once), each row written as its
+    pair's one-row CSV and sidecar (atomically) as soon as it is measured."""
+    from ctdose.dicom_io import read_reference_series
+
+    reference = read_reference_series(jobs[0].reference_path, jobs[0].pair["reference_uid"])
+    rows = []
+    for job in jobs:
+        row = measure_pair(job, reference)
+        write_csv(pd.DataFrame([row]), job.cache)
+        write_sidecar(job.cache, job.settings, inputs=job.inputs, n_rows=1)
+        rows.append(row)
+    return rows
 
 
 def measure_pairs(jobs: Sequence[PairJob], workers: int = 1,
@@ -532,8 +545,12 @@ def measure_pairs(jobs: Sequence[PairJob], workers: int = 1,
             todo.append(job)
         else:
             rows.append(cached)
-    rows += parallel_map(measure_and_cache, todo, workers=workers, scheduler=scheduler, desc="image metrics",
-                         unit="pair")
+    by_reference: dict[str, list[PairJob]] = {}  # each reference series is read once per task
+    for job in todo:
+        by_reference.setdefault(str(job.pair["reference_uid"]), []).append(job)
+    for group in parallel_map(measure_and_cache, list(by_reference.values()), workers=workers,
+                              scheduler=scheduler, desc="image metrics", unit="reference series"):
+        rows += group
     per_pair = pd.DataFrame(rows).sort_values(["comparison", "scanner", "reference_scanner", "cell_recon",
                                                "dose_mgy", "pair"])
     return per_pair.reset_index(drop=True), len(todo)

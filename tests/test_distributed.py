@@ -144,7 +144,7 @@ def test_a_worker_error_through_a_scheduler_is_one_line(results, scheduler, tmp_
 
 
 PROGRAM = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     from pathlib import Path
     from ctdose.cli import run_main
     from ctdose.parallel import parallel_map
@@ -156,6 +156,7 @@ PROGRAM = textwrap.dedent("""
         time.sleep(1.0)
         return n
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even if started in the background
     sys.exit(run_main(lambda argv: parallel_map(task, range(8), workers=2) and 0))
 """)
 
