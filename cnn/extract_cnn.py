@@ -6,6 +6,9 @@ cnn/pretrain_cnn.py (tissue classification on a separately seeded digital twin, 
 Input HU clipped to the soft-tissue window [-160, 240] -> [0, 1]. Patches are sampled once per series and embedded in
 batches; per-series partial tables make a re-run resume where it stopped.
 
+Other datasets: --dataset ctorg|organmnist3d --dataset-path PATH --results FOLDER (ctdose.datasets);
+OrganMNIST3D grey levels (not HU) are scaled /255 to [0, 1] instead of the HU window.
+
 Example: .venv/bin/python cnn/extract_cnn.py --results results --patches-per-roi 2
 """
 
@@ -27,13 +30,15 @@ SEED = 0                     # torch seed, and the random init when untrained
 PATCHES_PER_ROI = None       # first K centers of each ROI (None: all of patch_centers.csv)
 BATCH_SIZE = 16              # patches per forward pass
 NAME = "cnn"                 # extractor name: features/cnn.csv, feature columns cnn_0000 ...
+DATASET = "ctdose"           # ctdose (phantom catalog + centres), ctorg or organmnist3d
+DATASET_PATH = ""            # CT-ORG folder or organmnist3d[_64].npz (with --dataset)
 # --- end settings ---
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    driver.add_common_args(parser, str(repo_path(RESULTS)))
+    driver.add_common_args(parser, str(repo_path(RESULTS)), dataset=DATASET, dataset_path=DATASET_PATH)
     parser.set_defaults(patches_per_roi=PATCHES_PER_ROI)
     deep.add_deep_args(parser, str(repo_path(WEIGHTS)), BATCH_SIZE, DEVICE, SEED, ALLOW_UNTRAINED)
     return parser.parse_args(argv)

@@ -74,6 +74,13 @@ COMMANDS: dict[str, str] = {
     "image_metrics": "analyze/image_metrics.py --results RESULTS",
     "dose_effects": "analyze/dose_effects.py --results RESULTS",
     "report": "analyze/report.py --results RESULTS",
+    "harmonize": "analyze/harmonize.py --results RESULTS",
+    "series_qc": "analyze/series_qc.py --results RESULTS",
+    "series_classifier": "analyze/train_series_classifier.py --list LIST --task TASK --results RESULTS",
+    "size_dose": "data/size_dose.py --results RESULTS",
+    "dataset_centers": "radiomics/extract_radiomics.py --dataset DATASET --dataset-path PATH --results RESULTS",
+    "organ_classify": "analyze/organ_classify.py --results RESULTS",
+    "segmentation": "segmentation/dose_robustness.py --data DATA --results RESULTS",
 }
 
 
@@ -301,6 +308,172 @@ class ResultsLayout:
     def silhouette(self) -> Path:
         """Silhouette per extractor x space (features, umap) x label."""
         return self.analysis_dir / "silhouette.csv"
+
+    # --- series QC: analyze/series_qc.py, analyze/train_series_classifier.py ----------------------
+    @property
+    def series_qc(self) -> Path:
+        """One row per series: geometry / header / image axis, gantry tilt, QC warnings (+ sidecar)."""
+        return self.analysis_dir / "series_qc.csv"
+
+    @property
+    def series_classifier_dir(self) -> Path:
+        return self.analysis_dir / "series_classifier"
+
+    def series_classifier(self, task: str) -> Path:
+        """Folder of one classifier run (task: axis, contrast, body_part): model, record, predictions."""
+        return self.series_classifier_dir / task
+
+    # --- patient-size dose: data/size_dose.py (WED per AAPM TG-220, SSDE per TG-204) ------------------
+    @property
+    def size_dose_dir(self) -> Path:
+        return self.root / "size_dose"
+
+    @property
+    def size_dose_series(self) -> Path:
+        """One row per series: WED, SSDE (mean and centre of scan range), phantom, truncation, noise,
+        per-ROI-slab WED / SSDE: the catalog's size columns (ctdose.size_dose.join_size_columns)."""
+        return self.size_dose_dir / "size_dose_series.csv"
+
+    @property
+    def size_dose_slices(self) -> Path:
+        """One row per series and slice: z, object area, mean HU, WED, truncation, mA, CTDIvol, SSDE."""
+        return self.size_dose_dir / "size_dose_slices.csv"
+
+    @property
+    def organ_dose_inputs(self) -> Path:
+        """One row per series, slice and organ (label) on it: organ HU mean / sd, mA, WED, z."""
+        return self.size_dose_dir / "organ_dose_inputs.csv"
+
+    @property
+    def organ_doses(self) -> Path:
+        """organ_dose_inputs.csv plus a user model's predictions (only when --organ-model is given)."""
+        return self.size_dose_dir / "organ_doses_predicted.csv"
+
+    @property
+    def size_dose_partial_dir(self) -> Path:
+        return self.size_dose_dir / "partial"
+
+    def size_dose_partial(self, series_uid: str, kind: str = "series") -> Path:
+        """Per-series partial table (kind: series, slices, organs); the series one carries the sidecar."""
+        return self.size_dose_partial_dir / f"{series_uid}_{kind}.csv"
+
+    def size_dose_figure(self, name: str) -> Path:
+        """Figure stem (``ctdivol_vs_ssde``, ``noise_vs_ssde``)."""
+        return self.size_dose_dir / name
+
+    # --- harmonization bench: analyze/harmonize.py ---------------------------------------------------
+    @property
+    def harmonize_dir(self) -> Path:
+        return self.analysis_dir / "harmonize"
+
+    @property
+    def harmonize_table7(self) -> Path:
+        """Table 7 layout per extractor x method (mean ICC, LOSO 1 / S-1, k-fold), numbers (+ sidecar)."""
+        return self.harmonize_dir / "harmonize_table7.csv"
+
+    @property
+    def harmonize_icc(self) -> Path:
+        """ICC(3,1) per extractor x method x view: mean, median, share > 0.75 / 0.9."""
+        return self.harmonize_dir / "harmonize_icc_summary.csv"
+
+    @property
+    def harmonize_folds(self) -> Path:
+        """One row per extractor x method x protocol x split x test set: accuracy, chance, scheme."""
+        return self.harmonize_dir / "harmonize_classify_folds.csv"
+
+    @property
+    def harmonize_cross_dose(self) -> Path:
+        """Cross-dose cells per extractor x method (only when the bench ran the cross-dose protocol)."""
+        return self.harmonize_dir / "harmonize_cross_dose.csv"
+
+    @property
+    def harmonize_silhouette(self) -> Path:
+        """Silhouette by manufacturer and by ROI class per extractor x method."""
+        return self.harmonize_dir / "harmonize_silhouette.csv"
+
+    def harmonize_umap_figure(self, extractor: str) -> Path:
+        """Figure stem: UMAP before / after harmonization, by manufacturer and ROI class."""
+        return self.harmonize_dir / f"umap_{extractor}"
+
+    @property
+    def harmonize_silhouette_figure(self) -> Path:
+        """Figure stem: silhouettes per extractor x method."""
+        return self.harmonize_dir / "silhouette"
+
+    # --- other datasets (CT-ORG, OrganMNIST3D): extractors with --dataset, analyze/organ_classify.py ---
+    @property
+    def dataset_centers(self) -> Path:
+        """One row per (case, ROI, patch) of a CT-ORG / OrganMNIST3D run: identity, files, centre (mm)."""
+        return self.root / "dataset_centers.csv"
+
+    @property
+    def organs_dir(self) -> Path:
+        return self.analysis_dir / "organs"
+
+    @property
+    def organ_accuracy(self) -> Path:
+        """Organ classification: mean / sd accuracy over folds per extractor x target x classifier."""
+        return self.organs_dir / "organ_accuracy.csv"
+
+    @property
+    def organ_accuracy_folds(self) -> Path:
+        """One row per extractor x target x classifier x fold (accuracy, chance, train / test sizes)."""
+        return self.organs_dir / "organ_accuracy_folds.csv"
+
+    def organ_umap_table(self, extractor: str) -> Path:
+        return self.organs_dir / f"umap_{extractor}.csv"
+
+    def organ_umap_figure(self, extractor: str) -> Path:
+        """Figure stem: UMAP coloured by organ and organ class."""
+        return self.organs_dir / f"umap_{extractor}"
+
+    # --- segmentation dose robustness: segmentation/dose_robustness.py (Tsanda et al. 2024) -------------
+    @property
+    def segmentation_dir(self) -> Path:
+        return self.root / "segmentation"
+
+    def segmentation_partial(self, segmenter: str, series_uid: str) -> Path:
+        """Rows of one series x segmenter kind (+ sidecar, + overlay slice ``.npz``), written atomically."""
+        return self.segmentation_dir / "partial" / segmenter / f"{series_uid}.csv"
+
+    @property
+    def segmentation_rows(self) -> Path:
+        """One row per series x segmenter x denoiser x dose fraction x reference x label: Dice, HD95, r_eff."""
+        return self.segmentation_dir / "segmentation_rows.csv"
+
+    @property
+    def segmentation_table2(self) -> Path:
+        """Table 2 layout (long): segmenter x denoiser at the lowest dose, median / MAD of Dice and HD95."""
+        return self.segmentation_dir / "table2_lowest_dose.csv"
+
+    @property
+    def segmentation_table2_wide(self) -> Path:
+        """Table 2 layout (wide): rows = segmenters, columns = denoisers, cells 'Dice ± MAD / HD95 ± MAD'."""
+        return self.segmentation_dir / "table2_wide.csv"
+
+    @property
+    def segmentation_curves(self) -> Path:
+        """Fig. 7 data: Dice / HD95 median, MAD per segmenter x denoiser x reference x label x dose."""
+        return self.segmentation_dir / "dice_vs_dose.csv"
+
+    @property
+    def segmentation_radius(self) -> Path:
+        """Fig. 5 data: Dice by r_eff log bins."""
+        return self.segmentation_dir / "dice_vs_radius.csv"
+
+    @property
+    def segmentation_failures(self) -> Path:
+        """Share of scans whose Dice of a label is below the failure setting."""
+        return self.segmentation_dir / "label_failures.csv"
+
+    @property
+    def segmentation_ladder_validation(self) -> Path:
+        """Dose ladder vs the twin's independent acquisitions: ROI std simulated / acquired."""
+        return self.segmentation_dir / "ladder_validation.csv"
+
+    def segmentation_figure(self, name: str) -> Path:
+        """Figure stem (``fig7_dice_vs_dose``, ``fig7_vs_ground_truth``, ``fig5_dice_vs_radius``, ``overlay``)."""
+        return self.segmentation_dir / name
 
     # --- report -----------------------------------------------------------------------------------
     @property

@@ -8,6 +8,9 @@ done; a re-run skips those, so an interrupted run resumes. Settings come from a 
 (radiomics/params.yaml: binWidth 25, Original image, firstorder/glcm/glrlm/glszm/gldm), validated
 against PyRadiomics' schema.
 
+Other datasets: --dataset ctorg|organmnist3d --dataset-path PATH --results FOLDER (ctdose.datasets): a
+patch at each CT-ORG organ (HU), or one patch per OrganMNIST3D crop (grey levels 0..255 as they are).
+
 Example: .venv/bin/python radiomics/extract_radiomics.py --results results --patches-per-roi 2 --workers 2
 """
 
@@ -29,12 +32,14 @@ PARAMS = str(Path(__file__).with_name("params.yaml"))
 MODE = "patch"
 WORKERS = 2
 NAME = "radiomics"
+DATASET = "ctdose"     # ctdose (phantom catalog + centres), ctorg or organmnist3d
+DATASET_PATH = ""      # CT-ORG folder or organmnist3d[_64].npz (with --dataset)
 # --- end settings ---
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    driver.add_common_args(parser, RESULTS)
+    driver.add_common_args(parser, RESULTS, dataset=DATASET, dataset_path=DATASET_PATH)
     parser.add_argument("--params", default=PARAMS, help="PyRadiomics params YAML (default: %(default)s)")
     parser.add_argument("--mode", choices=MODES, default=MODE,
                         help="patch: patch box as mask; roi: whole SEG ROI masks (default: %(default)s)")
@@ -47,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     params = load_params(args.params)
+    if args.mode == "roi" and args.dataset != "ctdose":
+        raise ValueError(f"--mode roi reads the phantom's DICOM SEG; with --dataset {args.dataset} use --mode patch")
     layout, jobs, patch = driver.prepare(args, NAME, {"params": params, "mode": args.mode})
     todo = [job for job in jobs if not driver.partial_is_current(job)]
     print(f"{NAME}: {len(jobs)} series selected, {len(jobs) - len(todo)} already done")

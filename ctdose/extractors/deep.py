@@ -1,9 +1,11 @@
 """Batched inference shared by the three networks (shallow CNN, SwinUNETR encoder, CT-FM encoder).
 
 A :class:`Network` bundles a torch module, the HU window its input is clipped to and scaled from
-(to [0, 1]) and the function that turns a normalised batch ``(B, 1, Z, Y, X)`` into embeddings
-``(B, F)``. Patches come from :func:`ctdose.patches.sample_patches` as ``(n, Z, Y, X)`` float32 HU in
-the LPS-aligned [z, y, x] ("SPL") orientation and are fed in that order.
+(to [0, 1]; for data that is not in HU, e.g. OrganMNIST3D's grey levels 0..255, :func:`run` replaces
+the window by the data's range, :func:`ctdose.datasets.input_range`, so values are only divided by 255)
+and the function that turns a normalised batch ``(B, 1, Z, Y, X)`` into embeddings ``(B, F)``.
+Patches come from :func:`ctdose.patches.sample_patches` as ``(n, Z, Y, X)`` float32 HU in the
+LPS-aligned [z, y, x] ("SPL") orientation and are fed in that order.
 
 CPU: fp32, deterministic kernels (``torch.use_deterministic_algorithms`` during inference), seeded,
 so embeddings repeat exactly.
@@ -24,6 +26,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from ctdose.datasets import input_range
 from ctdose.extractors import driver
 from ctdose.extractors.weights import LoadReport, read_state_dict, resolve_weights
 from ctdose.patches import sample_patches
@@ -188,8 +191,12 @@ def run(args: argparse.Namespace, name: str) -> str:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = pick_device(args.device)
     configure(device, args.seed)
+    driver.dataset_patch(args, name)  # OrganMNIST3D: the patch is the whole crop
     net, weights_info = build_network(name, args.weights, args.allow_untrained, args.seed,
                                       tuple(reversed(args.patch_size)))
+    scaled = input_range(getattr(args, "dataset", "ctdose"))
+    if scaled is not None:  # not HU (OrganMNIST3D grey levels): scaled linearly to [0, 1], no HU window
+        net.hu_range = scaled
     value_settings = {"weights_sha256": weights_info.get("weights_sha256"), "untrained": weights_info["untrained"],
                       "init_seed": args.seed if weights_info["untrained"] else None,
                       "hu_range": list(net.hu_range)}

@@ -17,6 +17,11 @@ Flow of every extractor script:
    the centers file's ROI order, then patch), each checked against its sidecar, into
    ``results/features/<name>.csv`` and writes the table's sidecar (settings, versions, weights
    provenance, feature count, the checksum of every partial it merged).
+
+Other datasets (``--dataset ctorg|organmnist3d --dataset-path PATH``, :mod:`ctdose.datasets`): step 1
+reads ``<results>/dataset_centers.csv`` instead (made from the dataset when missing or stale: one row
+per case, ROI and patch with identity, files and centre), one job per case whose volume is its own
+reference (no transform); steps 3 and 4 are the same, so the tables and sidecars are too.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ import SimpleITK as sitk
 from ctdose.atomic import write_csv
 from ctdose.centers import roi_short_of
 from ctdose.csv_io import read_csv
-from ctdose.layout import IDENTITY_COLUMNS, QC_COLUMNS, TEXT_DTYPES, ResultsLayout, feature_columns
+from ctdose.layout import (IDENTITY_COLUMNS, PATCH_CENTER_COLUMNS, QC_COLUMNS, TEXT_DTYPES, ResultsLayout,
+                           feature_columns)
 from ctdose.patches import PATCH_SIZE_XYZ, PATCH_SPACING_XYZ
 from ctdose.protocols import add_patch_protocol_flag
 from ctdose.provenance import is_current, verify, write_sidecar
@@ -70,6 +76,8 @@ class SeriesJob:
     centers: pd.DataFrame = field(repr=False)  # selected rows of patch_centers.csv
     value_settings: dict[str, Any] = field(default_factory=dict)  # what changes feature values
     max_outside_share: float = MAX_OUTSIDE_SHARE
+    dataset: str = "ctdose"  # ctdose (DICOM + transform) or a dataset of ctdose.datasets (ct_path: its file)
+    item: str = ""  # the case's entry in a multi-case file (OrganMNIST3D: "train:17")
 
     @property
     def series_uid(self) -> str:
@@ -166,18 +174,25 @@ def make_jobs(series: pd.DataFrame, centers: pd.DataFrame, layout: ResultsLayout
 
 
 def load_volume(job: SeriesJob) -> Volume:
-    """The series' CT volume (a clear error if its folder is gone)."""
+    """The series' CT volume (a clear error if its folder is gone); another dataset's case volume."""
     from ctdose.dicom_io import read_ct_series
 
+    if job.dataset != "ctdose":
+        from ctdose.datasets import load_case
+
+        return load_case(job.dataset, job.ct_path, job.item)
     if not Path(job.ct_path).exists():
         raise FileNotFoundError(f"series {job.series_uid}: CT folder {job.ct_path} (from the catalog) is missing")
     return read_ct_series(job.ct_path, job.series_uid)
 
 
-def load_series(job: SeriesJob) -> tuple[Volume, sitk.Transform]:
-    """The series' CT volume and its reference -> series transform (clear errors if files are gone)."""
+def load_series(job: SeriesJob) -> tuple[Volume, sitk.Transform | None]:
+    """The series' CT volume and its reference -> series transform (clear errors if files are gone);
+    another dataset's case is its own reference (transform None)."""
     from ctdose.transform_io import load_transform
 
+    if job.dataset != "ctdose":
+        return load_volume(job), None
     verify(job.transform_path, "data/prepare.py")
     return load_volume(job), load_transform(job.transform_path)
 
@@ -237,8 +252,10 @@ def partial_settings(job: SeriesJob) -> dict[str, Any]:
 
 
 def partial_inputs(job: SeriesJob) -> list[Path]:
-    """Files a series' partial is computed from and must be recomputed after: transform, SEG."""
-    return [Path(p) for p in (job.transform_path, job.seg_path) if p and Path(p).is_file()]
+    """Files a series' partial is computed from and must be recomputed after: transform, SEG (another
+    dataset: the case's image file; its centres are in the settings)."""
+    paths = (job.transform_path, job.seg_path) if job.dataset == "ctdose" else (job.ct_path,)
+    return [Path(p) for p in paths if p and Path(p).is_file()]
 
 
 def partial_is_current(job: SeriesJob) -> bool:
@@ -295,7 +312,9 @@ def finish(name: str, layout: ResultsLayout, jobs: Sequence[SeriesJob], settings
     When the table is current (same settings, merged from exactly these partials), it is left as it is.
     """
     table = layout.feature_table(name)
-    inputs = [layout.catalog, layout.patch_centers, *[Path(job.partial_path) for job in jobs]]
+    sources = ([layout.dataset_centers] if jobs and jobs[0].dataset != "ctdose"
+               else [layout.catalog, layout.patch_centers])
+    inputs = [*sources, *[Path(job.partial_path) for job in jobs]]
     if is_current(table, settings, inputs):
         print(f"{name}: {table} is current")
         return table
@@ -314,12 +333,26 @@ def finish(name: str, layout: ResultsLayout, jobs: Sequence[SeriesJob], settings
 # --------------------------------------------------------------------------- command line
 
 
-def add_common_args(parser: argparse.ArgumentParser, results: str, extractor: str | None = None) -> None:
-    """Flags every extractor script shares (results folder, selection, patch geometry); ``extractor``
-    names the script's extractor for a protocol's per-extractor patch size."""
+def add_common_args(parser: argparse.ArgumentParser, results: str, extractor: str | None = None,
+                    dataset: str = "ctdose", dataset_path: str = "") -> None:
+    """Flags every extractor script shares (results folder, dataset, selection, patch geometry);
+    ``extractor`` names the script's extractor for a protocol's per-extractor patch size."""
+    from ctdose.datasets import CENTER_MODES, DATASETS
+
     parser.add_argument("--results", default=results,
                         help="results folder holding catalog.csv, patch_centers.csv, transforms/ "
-                             "(default: %(default)s)")
+                             "(default: %(default)s); with --dataset ctorg|organmnist3d give a folder of "
+                             "its own (it gets dataset_centers.csv and features/)")
+    parser.add_argument("--dataset", choices=DATASETS, default=dataset,
+                        help="ctdose: the phantom's catalog and centres; ctorg: CT-ORG NIfTI pairs, a patch "
+                             "at each organ; organmnist3d: MedMNIST npz, one patch per crop, grey levels "
+                             "scaled /255 (no HU window) (default: %(default)s)")
+    parser.add_argument("--dataset-path", default=dataset_path, metavar="PATH",
+                        help="CT-ORG folder (volume-N.nii.gz, labels-N.nii.gz) or organmnist3d[_64].npz")
+    parser.add_argument("--organ-centers", choices=CENTER_MODES, default="centroid",
+                        help="CT-ORG: one centre at each organ's centroid (inside the organ), or "
+                             "--patches-per-roi seeded centres inside it (default: %(default)s)")
+    parser.add_argument("--center-seed", type=int, default=0, help="seed of CT-ORG's seeded centres (default: 0)")
     parser.add_argument("--scanners", nargs="+", metavar="CODE", help="only these scanner codes (e.g. A1 G2)")
     parser.add_argument("--doses", nargs="+", type=float, metavar="MGY", help="only these nominal doses (mGy)")
     parser.add_argument("--recons", nargs="+", metavar="RECON", help="only these reconstructions (FBP IR DL)")
@@ -347,6 +380,8 @@ def prepare(args: argparse.Namespace, name: str,
     ``value_settings`` (weights checksum, params ...) are recorded with the patch geometry in every
     partial's sidecar.
     """
+    if getattr(args, "dataset", "ctdose") != "ctdose":
+        return prepare_dataset(args, name, value_settings)
     layout = ResultsLayout(args.results)
     catalog, centers = read_inputs(layout)
     series = select_series(catalog, args.scanners, args.doses, args.recons, args.max_series, args.repetitions)
@@ -363,4 +398,77 @@ def selection_settings(args: argparse.Namespace) -> dict[str, Any]:
     partial depends only on what changes its values, so switching protocols re-merges, never re-extracts)."""
     keys = ("scanners", "doses", "recons", "repetitions", "max_series", "patches_per_roi", "patch_size",
             "patch_spacing", "max_outside_share", "protocol")
+    if getattr(args, "dataset", "ctdose") != "ctdose":  # the phantom's sidecars keep their form
+        keys += ("dataset", "dataset_path", "organ_centers", "center_seed")
     return {k: getattr(args, k, None) for k in keys}
+
+
+# --------------------------------------------------------------------------- other datasets
+
+
+def dataset_patch(args: argparse.Namespace, name: str) -> None:
+    """Set ``args.patch_size`` / ``args.patch_spacing`` where the dataset fixes them (OrganMNIST3D: one
+    patch covering the whole crop, sides a multiple the network ``name`` needs); a no-op otherwise."""
+    from ctdose.datasets import patch_geometry
+
+    if getattr(args, "dataset", "ctdose") == "ctdose":
+        return
+    geometry = patch_geometry(args.dataset, args.dataset_path, name)
+    if geometry is not None:
+        args.patch_size, args.patch_spacing = geometry
+
+
+def dataset_settings(args: argparse.Namespace):
+    """The :class:`ctdose.datasets.DatasetSettings` of the flags (ValueError for phantom-only filters)."""
+    from ctdose.datasets import SEEDED_DEFAULT, DatasetSettings
+
+    given = [flag for flag, key in (("--scanners", "scanners"), ("--doses", "doses"), ("--recons", "recons"),
+                                    ("--repetitions", "repetitions")) if getattr(args, key, None)]
+    if given:
+        raise ValueError(f"{', '.join(given)} select phantom catalog series; with --dataset {args.dataset} "
+                         "use --max-series to limit the cases")
+    k = args.patches_per_roi
+    if k is None:
+        k = SEEDED_DEFAULT if args.organ_centers == "seeded" and args.dataset == "ctorg" else 1
+    path = str(Path(args.dataset_path).resolve()) if args.dataset_path else ""
+    return DatasetSettings(args.dataset, path, args.organ_centers, int(k), args.center_seed, args.max_series)
+
+
+def dataset_jobs(table: pd.DataFrame, layout: ResultsLayout, name: str, value_settings: dict[str, Any],
+                 max_outside_share: float, dataset: str) -> list[SeriesJob]:
+    """One job per case of a ``dataset_centers.csv`` table (cases in table order)."""
+    jobs = []
+    for uid, rows in table.groupby("series_uid", sort=False):
+        first = rows.iloc[0]
+        identity = {k: first[k] for k in SERIES_FIELDS}
+        dose = float(identity["dose_mgy"])  # NaN (no dose) becomes None: JSON null compares equal in sidecars
+        identity["dose_mgy"] = None if np.isnan(dose) else dose
+        identity["repetition"] = int(identity["repetition"])
+        jobs.append(SeriesJob(
+            identity=identity, ct_path=str(first["source"]), seg_path=str(first["labels"]) or None,
+            transform_path="", partial_path=str(layout.feature_partial(name, str(uid))),
+            centers=rows[list(PATCH_CENTER_COLUMNS)].reset_index(drop=True),
+            value_settings=dict(value_settings), max_outside_share=max_outside_share,
+            dataset=dataset, item=str(first["item"])))
+    return jobs
+
+
+def prepare_dataset(args: argparse.Namespace, name: str,
+                    value_settings: dict[str, Any]) -> tuple[ResultsLayout, list[SeriesJob], PatchSettings]:
+    """:func:`prepare` for ``--dataset ctorg|organmnist3d``: centre table (made or reused), one job per case."""
+    from ctdose.datasets import input_range, write_centers
+
+    settings = dataset_settings(args)
+    dataset_patch(args, name)
+    if not 0.0 <= args.max_outside_share <= 1.0:
+        raise ValueError(f"--max-outside-share must be within 0..1, got {args.max_outside_share}")
+    layout = ResultsLayout(args.results)
+    if layout.catalog.exists():
+        raise ValueError(f"results folder {layout.root} holds the phantom's catalog.csv; give --dataset "
+                         f"{settings.name} a --results folder of its own (e.g. {layout.root / settings.name})")
+    table = write_centers(layout.dataset_centers, settings)
+    patch = PatchSettings(tuple(args.patch_size), tuple(args.patch_spacing))
+    value_settings = {**value_settings, "patch_size": list(patch.size_xyz), "patch_spacing": list(patch.spacing_xyz),
+                      "dataset": settings.name, "input_range": input_range(settings.name)}
+    return layout, dataset_jobs(table, layout, name, value_settings, args.max_outside_share,
+                                       settings.name), patch
