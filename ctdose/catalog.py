@@ -10,7 +10,10 @@ slice per frame) enter like any series. Metadata come from DICOM tags and are cr
 the TCIA series name (SeriesDescription, else the folder names); a disagreement is reported as a
 warning and in the ``name_mismatch`` column (``dose_mismatch`` when it is about the dose), never
 hidden. Damaged files are named in a warning; localizers and single-slice series are left out with
-their reason; a series with no dose anywhere gets an empty (NaN) dose and a warning.
+their reason; a series with no dose anywhere gets an empty (NaN) dose and a warning. Series QC
+columns (``QC_HEADER_COLUMNS``, from the same headers: :func:`ctdose.series_qc.header_qc`) give the
+imaging axis from ImageOrientationPatient, the gantry tilt, the axis the header claims and the
+header-vs-geometry warnings (``qc_warnings``, empty when none), for users to filter on.
 """
 
 from __future__ import annotations
@@ -33,11 +36,17 @@ from ctdose.dicom_io import (NotDicomError, ct_frames, dicom_files, is_ct_image,
 from ctdose.csv_io import read_csv
 from ctdose.layout import CATALOG_COLUMNS, TEXT_DTYPES
 from ctdose.naming import SCANNER_CODES, SeriesName, nominal_dose, parse_series_name
+from ctdose.series_qc import header_qc
+
+#: Series QC columns (ctdose.series_qc.header_qc, header only): geometric imaging axis, gantry tilt
+#: (degrees, NaN when not axial-family), the axis the header claims, and "; "-joined QC warnings.
+QC_HEADER_COLUMNS: tuple[str, ...] = ("axis", "gantry_tilt_deg", "header_axis", "qc_warnings")
 
 #: Columns after CATALOG_COLUMNS.
 EXTRA_COLUMNS: tuple[str, ...] = (
     "series_description", "scan_id", "study_uid", "frame_of_reference_uid", "series_number",
     "series_datetime", "station", "name_mismatch", "dose_mismatch", "roi_format",
+    *QC_HEADER_COLUMNS,
 )
 #: ``roi_format`` values: what ``seg_path`` points at ("" when no ROI file references the series).
 ROI_FORMATS: tuple[str, ...] = ("SEG", "RTSTRUCT")
@@ -49,7 +58,7 @@ _TAGS = [
     "Manufacturer", "ManufacturerModelName", "StationName", "KVP", "XRayTubeCurrent", "Exposure",
     "ExposureTime", "CTDIvol", "ConvolutionKernel", "SliceThickness", "PixelSpacing",
     "ImagePositionPatient", "Rows", "Columns", "BitsAllocated", "NumberOfFrames", "SamplesPerPixel",
-    "ImageType", "ReferencedSeriesSequence", "ReferencedFrameOfReferenceSequence",
+    "ImageType", "ImageOrientationPatient", "GantryDetectorTilt", "ReferencedSeriesSequence", "ReferencedFrameOfReferenceSequence",
     "SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence",
 ]
 
@@ -219,6 +228,7 @@ def _series_row(uid: str, items: list[tuple[Path, Dataset]], root: Path) -> dict
         "name_mismatch": "; ".join(mismatches),
         "dose_mismatch": bool(dose_mismatch),
         "roi_format": "",
+        **header_qc([d for _, d in items]),
     }
 
 
@@ -379,10 +389,12 @@ def read_catalog(path: str | Path) -> pd.DataFrame:
     df = read_csv(path, dtype={**TEXT_DTYPES, "path": str, "seg_path": str,
                                   "study_uid": str, "frame_of_reference_uid": str,
                                   "series_description": str, "name_mismatch": str, "station": str,
-                                  "roi_format": str, "dose_mismatch": str},
+                                  "roi_format": str, "dose_mismatch": str, "axis": str,
+                                  "header_axis": str, "qc_warnings": str},
                      keep_default_na=False, na_values={c: [""] for c in ("dose_mgy", "kvp", "mas", "ctdivol",
                                                                             "slice_thickness",
-                                                                            "pixel_spacing", "scan_id")})
+                                                                            "pixel_spacing", "scan_id",
+                                                                            "gantry_tilt_deg")})
     missing = [c for c in CATALOG_COLUMNS if c not in df.columns]
     if missing:
         raise ValueError(f"catalog {path} lacks columns {', '.join(missing)}")
