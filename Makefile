@@ -28,7 +28,7 @@ PROTOCOL ?= toolkit
 # Tables 3-5 bin-shrink (the paper's 4; the demo twin's 81-101 slices leave 20-25 after it)
 SCANNER_SHRINK ?= 4
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean ctorg organmnist3d
 
 venv: $(STAMP)
 
@@ -42,6 +42,8 @@ $(STAMP): requirements.txt pyproject.toml
 demo: $(STAMP)
 	time $(PY) data/make_twin.py --preset demo --out $(TWIN) --workers $(WORKERS)
 	time $(PY) data/prepare.py --data $(TWIN) --results $(RESULTS) --workers $(WORKERS)
+	time $(PY) analyze/series_qc.py --results $(RESULTS)
+	time $(PY) data/size_dose.py --results $(RESULTS) --workers $(WORKERS) --slice-step 10
 	time $(PY) data/patch_centers.py --results $(RESULTS)
 	time $(PY) radiomics/extract_radiomics.py --results $(RESULTS) --protocol $(PROTOCOL) --patches-per-roi $(DEMO_PATCHES) --workers $(WORKERS)
 	time $(PY) cnn/pretrain_cnn.py --out $(CNN_WEIGHTS) --workers $(WORKERS)
@@ -51,12 +53,33 @@ demo: $(STAMP)
 	time $(PY) analyze/icc.py --results $(RESULTS) --protocol $(PROTOCOL)
 	time $(PY) analyze/umap_plots.py --results $(RESULTS) --protocol $(PROTOCOL) --epochs $(UMAP_EPOCHS)
 	time $(PY) analyze/classify.py --results $(RESULTS) --protocol $(PROTOCOL) --workers $(WORKERS)
+	time $(PY) analyze/harmonize.py --results $(RESULTS) --workers $(WORKERS)
 	time $(PY) analyze/image_metrics.py --results $(RESULTS) --workers $(WORKERS) --scanner-shrink $(SCANNER_SHRINK)
 	time $(PY) analyze/dose_effects.py --results $(RESULTS)
 	$(PY) analyze/report.py --results $(RESULTS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# the same extractors on other datasets (not part of the demo; download them first, README "Other datasets")
+CTORG ?= data/ctorg
+ORGANMNIST3D ?= data/medmnist/organmnist3d_64.npz
+
+ctorg: $(STAMP)
+	$(PY) radiomics/extract_radiomics.py --dataset ctorg --dataset-path $(CTORG) --results $(RESULTS)/ctorg --workers $(WORKERS)
+	$(PY) cnn/extract_cnn.py --dataset ctorg --dataset-path $(CTORG) --results $(RESULTS)/ctorg --weights $(CNN_WEIGHTS)
+	$(PY) swin/extract_swin.py --dataset ctorg --dataset-path $(CTORG) --results $(RESULTS)/ctorg $(DEEP_FLAGS)
+	$(PY) ct-fm/extract_ctfm.py --dataset ctorg --dataset-path $(CTORG) --results $(RESULTS)/ctorg $(DEEP_FLAGS)
+	$(PY) analyze/organ_classify.py --results $(RESULTS)/ctorg
+	$(PY) analyze/report.py --results $(RESULTS)/ctorg
+
+organmnist3d: $(STAMP)
+	$(PY) radiomics/extract_radiomics.py --dataset organmnist3d --dataset-path $(ORGANMNIST3D) --results $(RESULTS)/organmnist3d --workers $(WORKERS)
+	$(PY) cnn/extract_cnn.py --dataset organmnist3d --dataset-path $(ORGANMNIST3D) --results $(RESULTS)/organmnist3d --weights $(CNN_WEIGHTS)
+	$(PY) swin/extract_swin.py --dataset organmnist3d --dataset-path $(ORGANMNIST3D) --results $(RESULTS)/organmnist3d $(DEEP_FLAGS)
+	$(PY) ct-fm/extract_ctfm.py --dataset organmnist3d --dataset-path $(ORGANMNIST3D) --results $(RESULTS)/organmnist3d $(DEEP_FLAGS)
+	$(PY) analyze/organ_classify.py --results $(RESULTS)/organmnist3d
+	$(PY) analyze/report.py --results $(RESULTS)/organmnist3d
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py

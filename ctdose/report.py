@@ -692,12 +692,23 @@ def table7_section(layout: ResultsLayout) -> Section:
 
 
 def build_sections(results: str | os.PathLike) -> list[Section]:
-    """All report sections in order; each says what is missing or stale instead of failing."""
+    """All report sections in order; each says what is missing or stale instead of failing.
+
+    A results folder of another dataset (``dataset_centers.csv``, the extractors' ``--dataset``) gets
+    its features, the organ classification and the provenance.
+    """
+    from ctdose.report_sections import (harmonize_section, organ_section, segmentation_section,
+                                        series_qc_section, size_dose_section)
+
     layout = ResultsLayout(results)
+    if layout.dataset_centers.is_file():
+        return [organ_section(layout), feature_section(layout), provenance_section(layout)]
     return [findings_section(layout), table7_section(layout),  # the answer first
-            data_section(layout), feature_section(layout), icc_section(layout), umap_section(layout),
-            classify_section(layout), dose_effects_section(layout), image_metrics_section(layout),
-            texture_section(layout), provenance_section(layout)]
+            data_section(layout), series_qc_section(layout), size_dose_section(layout),
+            feature_section(layout), icc_section(layout), umap_section(layout),
+            classify_section(layout), harmonize_section(layout), dose_effects_section(layout),
+            image_metrics_section(layout), segmentation_section(layout), texture_section(layout),
+            provenance_section(layout)]
 
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
