@@ -127,7 +127,11 @@ def test_report_has_every_section_and_flags_untrained_weights(pipeline):
     for title in ("Findings", "Data used", "Feature tables and weights", "ICC", "UMAP", "Classification",
                   "Image metrics", "Provenance"):
         assert f">{title}" in html
-    assert "Missing:" not in html  # every step ran, so no section lacks its inputs
+    # every step this pipeline runs has its inputs; the later steps (series QC, size dose, harmonization,
+    # segmentation robustness) are tested by their own files and not yet run here
+    not_run = ("series_qc.py", "size_dose.py", "harmonize.py", "dose_robustness.py")
+    missing = [line for line in html.splitlines() if "Missing:" in line and not any(s in line for s in not_run)]
+    assert missing == []
     assert "UNTRAINED" in html and "digital twin" in html.lower()
     assert str((results / "report.html").resolve()) in out["report"]
     assert (twin / "ground_truth.json").is_file()
