@@ -61,6 +61,8 @@ def pipeline(tiny_twin, tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     results = root / "results"
     out = {}
     out["prepare"] = _run("data/prepare.py", "--data", twin, "--results", results, "--workers", "1")
+    out["series_qc"] = _run("analyze/series_qc.py", "--results", results)
+    out["size_dose"] = _run("data/size_dose.py", "--results", results, "--workers", "1", "--slice-step", "4")
     out["centers"] = _run("data/patch_centers.py", "--results", results, "--per-roi", "2")
     few = ("--patches-per-roi", "1")
     out["radiomics"] = _run("radiomics/extract_radiomics.py", "--results", results, *RADIOMICS_ARGS)
@@ -78,6 +80,8 @@ def pipeline(tiny_twin, tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
                        "--figure-dose", "14")
     out["classify"] = _run("analyze/classify.py", "--results", results, "--classifier", "logreg",
                            "--n-folds", "4")
+    out["harmonize"] = _run("analyze/harmonize.py", "--results", results, "--n-folds", "4", "--workers", "1",
+                            "--extractors", "radiomics", "cnn")
     out["image_metrics"] = _run("analyze/image_metrics.py", "--results", results, "--workers", "1",
                                 "--texture-dose", "14")
     out["dose_effects"] = _run("analyze/dose_effects.py", "--results", results, "--low-dose", "3",
@@ -127,9 +131,11 @@ def test_report_has_every_section_and_flags_untrained_weights(pipeline):
     for title in ("Findings", "Data used", "Feature tables and weights", "ICC", "UMAP", "Classification",
                   "Image metrics", "Provenance"):
         assert f">{title}" in html
-    # every step this pipeline runs has its inputs; the later steps (series QC, size dose, harmonization,
-    # segmentation robustness) are tested by their own files and not yet run here
-    not_run = ("series_qc.py", "size_dose.py", "harmonize.py", "dose_robustness.py")
+    for title in ("Series QC", "Patient size", "Harmonization bench"):
+        assert title in html
+    # every step this pipeline runs has its inputs; segmentation robustness (minutes of training) is tested
+    # by its own files
+    not_run = ("dose_robustness.py",)
     missing = [line for line in html.splitlines() if "Missing:" in line and not any(s in line for s in not_run)]
     assert missing == []
     assert "UNTRAINED" in html and "digital twin" in html.lower()
@@ -218,3 +224,24 @@ def test_second_run_skips_finished_series(pipeline):
     subset = _run("radiomics/extract_radiomics.py", "--results", results, *RADIOMICS_ARGS, "--recons", "FBP")
     assert "is current" not in subset
     assert set(pd.read_csv(table)["recon"]) == {"FBP"}
+
+
+def test_series_qc_size_dose_and_harmonization_cover_every_series(pipeline):
+    """The demo's QC, size-dose and harmonization steps on the tiny twin: one QC row and one size row per
+    catalogued series; the twin is axial and untilted, its body a water-like object a few decimetres wide
+    (cut by the targeted field of view); the harmonization bench writes one Table 7 row per extractor x method."""
+    _, results, _ = pipeline
+    layout = ResultsLayout(results)
+    catalog = pd.read_csv(layout.catalog)
+    qc = pd.read_csv(layout.series_qc)
+    assert sorted(qc["series_uid"]) == sorted(catalog["series_uid"])
+    assert (qc["axis"] == "axial").all() and qc["gantry_tilt_deg"].abs().max() < 1.0
+    size = pd.read_csv(layout.size_dose_series)
+    assert sorted(size["series_uid"]) == sorted(catalog["series_uid"])
+    assert size["wed_cm"].between(10, 35).all()
+    merged = size.merge(catalog[["series_uid", "ctdivol"]], on="series_uid")
+    ratio = merged["ssde_mgy"] / merged["ctdivol"]
+    assert ratio.between(1.0, 2.5).all()  # TG-204 body factors for 10-35 cm lie in 0.9-2.3
+    table7 = pd.read_csv(layout.harmonize_table7)
+    pairs = set(zip(table7["extractor"], table7["method"]))
+    assert pairs == {(e, m) for e in ("radiomics", "cnn") for m in ("none", "zscore", "combat")}
