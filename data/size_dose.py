@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     series = series[[*SERIES_COLUMNS, *[c for c in series.columns if c not in SERIES_COLUMNS]]]
     slices = _merge([Path(t.partials[1]) for t in tasks])
     organs = _merge([Path(t.partials[2]) for t in tasks], {"organ": str})
-    from ctdose.size_dose_report import size_dose_figures
+    from ctdose.report_sections.size_dose import size_dose_figures
 
     figures = size_dose_figures(catalog, series, layout)
     write_csv(slices, layout.size_dose_slices)

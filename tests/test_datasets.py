@@ -313,7 +313,7 @@ def test_organ_folds_grouped_and_stratified():
 
 
 def test_organ_classify_script_layout_and_accuracy(tmp_path):
-    from ctdose.datasets_report import organ_section
+    from ctdose.report_sections.datasets import organ_section
 
     results = tmp_path / "results"
     layout = ResultsLayout(results)

@@ -199,7 +199,7 @@ def test_bench_table7_layout_and_script(tmp_path, batchy, capsys):
     assert len(cells) == 9 and (cells["n"] == 4).all()  # 3 x 3 doses, each over the 4 held-out scanners
     assert cross.loc[cross["protocol"] == "cross_dose", "scheme"].str.contains("unseen batches").all()
 
-    from ctdose.harmonize_report import harmonize_section
+    from ctdose.report_sections.harmonize import harmonize_section
     from ctdose.report import TABLE7_COLUMNS
 
     layout = ResultsLayout(tmp_path / "results")

@@ -271,7 +271,7 @@ def test_classifier_is_deterministic_on_cpu(tiny_training):
 # --------------------------------------------------------------------------- scripts and report section
 
 def test_scripts_and_report_section(qc_tree, tmp_path):
-    from ctdose.series_qc_report import series_qc_section
+    from ctdose.report_sections.series_qc import series_qc_section
 
     layout = ResultsLayout(tmp_path / "results")
     empty = series_qc_section(layout)

@@ -276,7 +276,7 @@ def test_script_writes_size_tables(size_run):
 
 
 def test_script_resumes_and_report_section(size_run, capsys):
-    from ctdose.size_dose_report import size_dose_section
+    from ctdose.report_sections.size_dose import size_dose_section
 
     layout, body, _ = size_run
     partial = layout.size_dose_partial(body.meta.series_uid)
@@ -307,7 +307,7 @@ def test_script_resumes_and_report_section(size_run, capsys):
 
 def test_report_section_without_outputs_says_missing(tmp_path):
     from ctdose.layout import ResultsLayout
-    from ctdose.size_dose_report import size_dose_section
+    from ctdose.report_sections.size_dose import size_dose_section
 
     sec = size_dose_section(ResultsLayout(tmp_path))
     assert sec.notes and sec.notes[0].startswith("Missing: the size-dose table")
