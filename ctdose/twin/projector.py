@@ -10,6 +10,10 @@ Both directions use one sparse matrix: pixel-driven, linear interpolation betwee
 detector bins. Back-projection is that matrix applied to the (filtered) sinogram, and forward
 projection is its transpose, so the pair is matched. Slices are the columns of a dense right-hand
 side, which makes one sparse product per volume (fast, single-threaded, no Python loop over views).
+For back-projection the matrix's rows (pixels) are stored tile by tile (BACKPROJECT_TILE pixels
+square): neighbouring pixels read neighbouring detector bins, so a tile's share of the sinogram stays
+in cache. Each pixel's row, and so each pixel's sum, is unchanged: the result is bit-identical to the
+row-major matrix.
 Line integrals are in mm when the pixel size is given (``project`` multiplies by it).
 """
 
@@ -25,10 +29,13 @@ import scipy.sparse as sp
 
 #: Apodisation windows of the ramp filter (vendor "standard" kernels differ in window and cut-off).
 WINDOWS: tuple[str, ...] = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
-#: Slices back-projected together: each pixel's row of the sparse product then reads 16 floats (one
-#: cache line) per detector bin; whole volumes at once spill the cache (92 slabs of the demo's region,
-#: two runs: 1.35 s vs 2.43 s and 1.69 s vs 1.82 s; 4 or 8 slices at a time were slower).
-BACKPROJECT_BLOCK = 16
+#: Slices back-projected together, and the side (pixels) of the square tiles the back-projection
+#: matrix's rows are grouped in (``_tiled_backprojector``): a tile of 16 x 16 pixels reads about 25
+#: detector bins per view, so the block's rows of 48 slices (402 views) stay in the second-level cache.
+#: Measured on the demo's region (256 x 256 pixels, 404 views, 48 slices, CPU time under load):
+#: row-major with blocks of 16 slices 0.94 s, tiles of 16 with blocks of 16 / 48 slices 0.73 / 0.52 s.
+BACKPROJECT_BLOCK = 48
+BACKPROJECT_TILE = 16
 
 
 def default_n_angles(n_pix: int) -> int:
@@ -75,13 +82,30 @@ class ParallelBeam:
 @functools.lru_cache(maxsize=4)
 def _backprojector(geom: ParallelBeam) -> sp.csr_matrix:
     """CSR matrix (image pixels x n_angles*n_det) of back-projection; its transpose projects."""
+    return _backprojection_matrix(geom, None)
+
+
+@functools.lru_cache(maxsize=4)
+def _tiled_backprojector(geom: ParallelBeam) -> tuple[sp.csr_matrix, np.ndarray]:
+    """The back-projection matrix with its rows in tile order, and ``order`` (pixels,): row ``i`` of
+    the matrix is pixel ``order[i]`` of the row-major image (the same row as in ``_backprojector``)."""
+    n_rows, n_cols = geom.image_shape
+    rows, cols = np.divmod(np.arange(n_rows * n_cols), n_cols)
+    t = BACKPROJECT_TILE
+    order = np.lexsort((cols % t, rows % t, cols // t, rows // t))  # tile-major, row-major inside a tile
+    return _backprojection_matrix(geom, order), order
+
+
+def _backprojection_matrix(geom: ParallelBeam, order: np.ndarray | None) -> sp.csr_matrix:
+    """CSR back-projection matrix whose row ``i`` is pixel ``order[i]`` of the region (row-major if None)."""
     n, d = geom.n_pix, geom.n_det
     c, cd = n // 2, d // 2
     row0, col0, n_rows, n_cols = geom.region or (0, 0, n, n)
-    rows, cols = np.mgrid[row0:row0 + n_rows, col0:col0 + n_cols]
     n_pixels = n_rows * n_cols
-    x = (cols.ravel() - c).astype(np.float32)[:, None]
-    y = (rows.ravel() - c).astype(np.float32)[:, None]
+    pixel = np.arange(n_pixels) if order is None else order
+    rows, cols = np.divmod(pixel, n_cols)
+    x = (cols + (col0 - c)).astype(np.float32)[:, None]
+    y = (rows + (row0 - c)).astype(np.float32)[:, None]
     theta = geom.angles[None, :]
     t = x * np.cos(theta).astype(np.float32) - y * np.sin(theta).astype(np.float32) + np.float32(cd)
     i0 = np.floor(t).astype(np.int32)  # (n*n, n_angles) detector bin left of each pixel's shadow
@@ -167,10 +191,10 @@ def fbp(sinograms: np.ndarray, geom: ParallelBeam, pixel_mm: float = 1.0, window
     size, response = ramp_filter(geom.n_det, window, cutoff)
     spectrum = scipy.fft.rfft(sinograms, n=size, axis=-1) * response  # single precision
     filtered = scipy.fft.irfft(spectrum, n=size, axis=-1)[..., : geom.n_det].reshape(s, -1)
-    bp = _backprojector(geom)
+    bp, order = _tiled_backprojector(geom)
     images = np.empty((s, bp.shape[0]), dtype=np.float32)
     for start in range(0, s, BACKPROJECT_BLOCK):  # a block of slices' sinogram rows stays in cache
         block = np.ascontiguousarray(filtered[start:start + BACKPROJECT_BLOCK].T)
-        images[start:start + BACKPROJECT_BLOCK] = (bp @ block).T
+        images[start:start + BACKPROJECT_BLOCK, order] = (bp @ block).T
     scale = np.float32(math.pi / (2 * geom.n_angles) / pixel_mm)
     return images.reshape(s, *geom.image_shape) * scale

