@@ -32,7 +32,8 @@ from ctdose.parallel import parallel_map
 from ctdose.plots import accuracy_curves, accuracy_heatmap
 from ctdose.protocols import get_protocol, parse_with_protocol
 from ctdose.provenance import is_current, recorded_outputs, write_sidecar
-from ctdose.stats.classify import CLASSIFIERS, LOSO_DRAWS, OVER, ClassifySettings, classify_job, summarize
+from ctdose.stats.classify import (CLASSIFIERS, LOSO_DRAWS, OVER, ClassifySettings, gather_jobs, run_split_job,
+                                   split_jobs, summarize)
 
 # --- settings ---
 RESULTS = "results"      # reads features/, writes analysis/ (repo-relative)
@@ -40,7 +41,7 @@ EPOCHS = 100             # fixed MLP training epochs (full-batch Adam, lr 1e-3)
 SEED = 0                 # seeds the MLP and every random draw
 RECONS: list[str] = []   # reconstructions to use (empty: all present)
 THREADS = 1              # torch and BLAS CPU threads per worker
-WORKERS = 1              # extractors classified in parallel (Dask processes); 1 = in-process
+WORKERS = 1              # parallel worker processes (Dask), sharing chunks of fits; 1 = in-process
 # classifier (mlp: the papers' 100-60-30 GELU MLP, or logreg), loso_draw (random: Algorithm 1, or
 # other-manufacturer-first: the study code) and n_folds (Algorithm 2, grouped by acquisition) come from
 # the --protocol preset (ctdose/protocols.py; default toolkit) unless given as flags
@@ -70,7 +71,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--recons", nargs="*", default=RECONS, help="reconstructions to use (default: all)")
     p.add_argument("--threads", type=int, default=THREADS, help="torch and BLAS threads (default: %(default)s)")
     p.add_argument("--workers", type=int, default=WORKERS,
-                   help="extractors classified in parallel processes (default: %(default)s)")
+                   help="parallel worker processes, sharing chunks of every extractor's fits (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="recompute even if outputs are up to date")
     return parse_with_protocol(p, argv, lambda protocol: protocol.classify.flag_defaults(),
                                "--classifier --loso-draw --n-folds")
@@ -92,8 +93,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"classification outputs up to date: {layout.cross_dose_matrix}")
         return 0
     tables = load_tables(layout.root, args.extractors)
-    outs = parallel_map(classify_job, [(t, settings, args.threads) for t in tables.values()],
-                        workers=args.workers, desc="extractors", unit="extractor")
+    # every extractor's fits in chunks, the largest first, so that the workers share the big tables
+    # (one job per extractor left one worker alone with the CNN's); each fit is seeded on its own
+    jobs = sorted((j for t in tables.values() for j in split_jobs(t, settings, args.threads)),
+                  key=lambda j: -j.cost)
+    per_extractor = gather_jobs(jobs, parallel_map(run_split_job, jobs, workers=args.workers,
+                                                   desc="classification", unit="job"))
+    outs = [per_extractor.get(name, {}) for name in tables]
     summary = summarize(dict(zip(tables, outs)))
 
     written = []

@@ -34,12 +34,13 @@ from ctdose.cli import run_main
 from ctdose.csv_io import read_csv
 from ctdose.features import EXTRACTORS, FeatureTable, available_tables, load_tables
 from ctdose.layout import ResultsLayout, repo_path
+from ctdose.parallel import parallel_map
 from ctdose.plots import confusion_panels
 from ctdose.provenance import file_sha256, is_current, recorded_outputs, verify, write_sidecar
 from ctdose.stats.dose_effects import (ShiftSettings, SilhouetteSettings, distribution_shift, feature_silhouettes,
                                        silhouettes, summarize_shift)
-from ctdose.stats.dose_models import (DOSE_CLASSIFIERS, DOSE_REGRESSORS, OVER, DoseModelSettings, dose_models,
-                                      summarize_dose_models)
+from ctdose.stats.dose_models import (DOSE_CLASSIFIERS, DOSE_REGRESSORS, OVER, DoseModelSettings, dose_fold,
+                                      dose_model_jobs, gather_dose_folds, summarize_dose_models)
 
 # --- settings ---
 RESULTS = "results"                          # reads features/ (and analysis/umap/), writes analysis/
@@ -55,7 +56,8 @@ HIGH_DOSE = 14.0                             # mGy, distribution shift: high-dos
 SHIFT_RECON = "each"                         # each: one reconstruction at a time; pool: all together
 ALPHA = 0.05                                 # BH q threshold for "shifted"
 SILHOUETTE_ROWS = 5000                       # rows drawn (seeded) per silhouette when a space has more
-THREADS = 1                                  # torch and BLAS threads
+THREADS = 1                                  # torch and BLAS threads (per worker)
+WORKERS = 1                                  # dose-model folds fitted in parallel (Dask processes); 1 = in-process
 # --- end settings ---
 
 
@@ -81,15 +83,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=ALPHA, help="BH q threshold (default: %(default)s)")
     p.add_argument("--silhouette-rows", type=int, default=SILHOUETTE_ROWS,
                    help="rows drawn per silhouette when a space has more (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=THREADS, help="torch and BLAS threads (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=THREADS,
+                   help="torch and BLAS threads per worker (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=WORKERS,
+                   help="worker processes fitting the dose models' extractor x fold jobs; results do not "
+                        "depend on it (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="recompute even if outputs are up to date")
     return p.parse_args(argv)
 
 
 def run_models(layout: ResultsLayout, tables: dict[str, FeatureTable], settings: DoseModelSettings,
-               record: dict, inputs: list) -> None:
-    folds, confusion = zip(*(dose_models(t, settings) for t in tables.values()))
-    folds, confusion = pd.concat(folds, ignore_index=True), pd.concat(confusion, ignore_index=True)
+               record: dict, inputs: list, workers: int = 1, threads: int = 1) -> None:
+    # one job per extractor x fold, the largest first: the workers share the big tables' random forests
+    planned = {name: dose_model_jobs(t, settings, threads) for name, t in tables.items()}
+    jobs = sorted((j for js, _ in planned.values() for j in js), key=lambda j: -j.X.size * j.train.size)
+    done = dict(zip([(j.extractor, j.fold) for j in jobs],
+                    parallel_map(dose_fold, jobs, workers=workers, desc="dose models", unit="fold")))
+    parts = [gather_dose_folds(name, levels, settings, [done[(name, j.fold)] for j in js])
+             for name, (js, levels) in planned.items()]
+    folds = pd.concat([f for f, _ in parts], ignore_index=True)
+    confusion = pd.concat([c for _, c in parts], ignore_index=True)
     figures = []
     for name, c in confusion.groupby("extractor", sort=False):
         n = int(folds.loc[folds["extractor"] == name, "fold"].nunique())
@@ -182,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.threads)
         with threadpool_limits(limits=args.threads):
-            run_models(layout, tables, models, {**models.as_dict(), **extractors}, inputs)
+            run_models(layout, tables, models, {**models.as_dict(), **extractors}, inputs, args.workers,
+                       args.threads)
         print(f"dose models: {len(tables)} extractor(s) -> {layout.dose_models}")
     return 0
 

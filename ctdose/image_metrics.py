@@ -172,10 +172,13 @@ def _window_mean(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 
 def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE_HU, win_size: int = SSIM_WINDOW,
-             sigma: float = SSIM_SIGMA, k1: float = 0.01, k2: float = 0.03) -> np.ndarray:
+             sigma: float = SSIM_SIGMA, k1: float = 0.01, k2: float = 0.03,
+             b_means: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """SSIM at every window center whose whole window lies inside (shape - (win_size - 1) per axis).
 
     Population (co)variances under the Gaussian window, as MONAI's ``compute_ssim_and_cs``.
+    ``b_means``: ``b``'s window means of b and b * b (:func:`window_means`) when already computed (a
+    reference compared with several series): the same numbers, not computed again.
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
@@ -184,19 +187,32 @@ def ssim_map(a: np.ndarray, b: np.ndarray, data_range: float = DATA_RANGE_HU, wi
         raise ValueError(f"the SSIM window ({win_size} voxels) does not fit in a volume of shape {a.shape}; "
                          "use a smaller bin-shrink factor (--scanner-shrink / --dose-shrink)")
     w = gaussian_window(win_size, sigma)
-    ux, uy = _window_mean(a, w), _window_mean(b, w)
+    uy, byy = b_means if b_means is not None else window_means(b, win_size, sigma)
+    ux = _window_mean(a, w)
     vx = _window_mean(a * a, w) - ux * ux
-    vy = _window_mean(b * b, w) - uy * uy
+    vy = byy - uy * uy
     vxy = _window_mean(a * b, w) - ux * uy
     c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
     return ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux ** 2 + uy ** 2 + c1) * (vx + vy + c2))
 
 
-def ssim(a: np.ndarray, b: np.ndarray, centers: np.ndarray | None = None, chunk: int = 16) -> float:
+def window_means(b: np.ndarray, win_size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian window means of ``b`` and of ``b * b`` on the valid part (shape - (win_size - 1) per axis),
+    as :func:`ssim_map` computes them for its second image."""
+    b = np.asarray(b, dtype=np.float64)
+    w = gaussian_window(win_size, sigma)
+    return _window_mean(b, w), _window_mean(b * b, w)
+
+
+def ssim(a: np.ndarray, b: np.ndarray, centers: np.ndarray | None = None, chunk: int = 16,
+         b_cache: dict | None = None) -> float:
     """Mean SSIM over the window centers (boolean, shape of ``a``) whose window lies inside the volume.
 
     Without ``centers``: every such center (MONAI's ``SSIMMetric``). Computed in slabs of ``chunk``
     slices plus half a window either side, so memory stays at a few slabs of a 512 x 512 volume.
+    ``b_cache``: a dict kept with ``b`` (one reference compared with several series): each slab's
+    window means of ``b`` are stored there and reused (the same numbers; 2 of the 5 window means).
     """
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
@@ -215,7 +231,13 @@ def ssim(a: np.ndarray, b: np.ndarray, centers: np.ndarray | None = None, chunk:
         z1 = min(z0 + chunk, a.shape[0] - pad)
         sel = keep[z0:z1, pad:a.shape[1] - pad, pad:a.shape[2] - pad]
         if sel.any():
-            smap = ssim_map(a[z0 - pad:z1 + pad], b[z0 - pad:z1 + pad])
+            b_means = None
+            if b_cache is not None:
+                key = (z0, z1, chunk)
+                if key not in b_cache:
+                    b_cache[key] = window_means(b[z0 - pad:z1 + pad])
+                b_means = b_cache[key]
+            smap = ssim_map(a[z0 - pad:z1 + pad], b[z0 - pad:z1 + pad], b_means=b_means)
             total += float(smap[sel].sum())
             count += int(sel.sum())
     return total / count
@@ -283,7 +305,8 @@ def _bounding_box(mask: np.ndarray, name: str) -> tuple[slice, ...]:
 
 def compare_volumes(series: Volume, series_transform: sitk.Transform | None, reference: Volume,
                     reference_transform: sitk.Transform | None, region: str = "crop", shrink: int = 1,
-                    same_scan: bool = False, name: str = "pair") -> dict[str, Any]:
+                    same_scan: bool = False, name: str = "pair", reference_cache: dict | None = None
+                    ) -> dict[str, Any]:
     """RMSE (HU), PSNR (dB) and SSIM of ``series`` against ``reference`` on the reference's grid.
 
     ``same_scan``: both series are one acquisition (or have the same transform), so they share
@@ -292,6 +315,8 @@ def compare_volumes(series: Volume, series_transform: sitk.Transform | None, ref
     [-1000, 2000] HU, crop to the reference phantom's bounding box, bin-shrink by ``shrink``, and
     measure over the ``region`` voxels the series covers. Returns the metrics and n_voxels (counted),
     uncovered_fraction (share of the region the series does not cover), resampled (bool).
+    ``reference_cache``: a dict kept with ``reference`` while it is compared with several series: its
+    clipped, cropped and shrunk array and SSIM window means are computed once (the same numbers).
     """
     if same_scan and same_grid(series, reference):
         moved, covered, resampled = series.array, np.ones(reference.array.shape, bool), False
@@ -299,10 +324,14 @@ def compare_volumes(series: Volume, series_transform: sitk.Transform | None, ref
         transforms = (None, None) if same_scan else (series_transform, reference_transform)
         moved, covered = resample_into(series, transforms[0], reference, transforms[1])
         resampled = True
-    ref = clip_hu(reference.array)
-    box = _bounding_box(body_mask(ref), name)
-    ref, moved, covered = ref[box], clip_hu(moved[box]), covered[box]
-    ref, moved, covered = bin_shrink(ref, shrink), bin_shrink(moved, shrink), bin_shrink_all(covered, shrink)
+    cache = reference_cache if reference_cache is not None else {}
+    if ("box", shrink) not in cache:
+        ref = clip_hu(reference.array)
+        box = _bounding_box(body_mask(ref), name)
+        cache["box", shrink] = (box, bin_shrink(ref[box], shrink), {})
+    box, ref, ssim_cache = cache["box", shrink]
+    moved, covered = clip_hu(moved[box]), covered[box]
+    moved, covered = bin_shrink(moved, shrink), bin_shrink_all(covered, shrink)
     inside = body_mask(ref) if region == "phantom" else np.ones(ref.shape, bool)
     counted = inside & covered
     if not counted.any():
@@ -311,12 +340,13 @@ def compare_volumes(series: Volume, series_transform: sitk.Transform | None, ref
     if not covered.all():  # a center counts only when its whole window is covered
         centers = counted & ndimage.minimum_filter(covered, size=SSIM_WINDOW, mode="nearest")
     try:
-        ssim_value = ssim(moved, ref, centers)
+        ssim_value = ssim(moved, ref, centers, b_cache=ssim_cache)
     except ValueError as err:
         raise ValueError(f"{name}: {err} (window centers need their whole window covered by both series; "
                          f"a smaller bin-shrink factor than {shrink} leaves more: --scanner-shrink / "
                          "--dose-shrink)") from None
-    return {"rmse_hu": rmse(moved, ref, counted), "psnr_db": psnr(moved, ref, counted),
+    err = rmse(moved, ref, counted)  # once: psnr() would compute it again
+    return {"rmse_hu": err, "psnr_db": float("inf") if err == 0 else float(20.0 * np.log10(PSNR_PEAK_HU / err)),
             "ssim": ssim_value, "n_voxels": int(counted.sum()),
             "uncovered_fraction": float(1.0 - counted.sum() / inside.sum()), "resampled": resampled}
 
@@ -486,7 +516,8 @@ def pair_jobs(catalog: pd.DataFrame, pairs: pd.DataFrame, layout: ResultsLayout,
     return jobs
 
 
-def measure_pair(job: PairJob, reference: Volume | None = None) -> dict[str, Any]:
+def measure_pair(job: PairJob, reference: Volume | None = None,
+                 reference_cache: dict | None = None) -> dict[str, Any]:
     """Read both series (the reference only when not given) and their transforms and
     :func:`compare_volumes` them.
 
@@ -501,7 +532,8 @@ def measure_pair(job: PairJob, reference: Volume | None = None) -> dict[str, Any
     tx, ref_tx = load_transform(job.transform), load_transform(job.reference_transform)
     same_scan = bool(job.pair["same_acquisition"]) or same_transform(tx, ref_tx)
     result = compare_volumes(series, tx, reference, ref_tx, job.region, job.shrink, same_scan,
-                             name=f"{job.pair['series_uid']} vs {job.pair['reference_uid']}")
+                             name=f"{job.pair['series_uid']} vs {job.pair['reference_uid']}",
+                             reference_cache=reference_cache)
     return {**job.pair, **result, "same_scan": same_scan}
 
 
@@ -523,9 +555,10 @@ def measure_and_cache(jobs: Sequence[PairJob]) -> list[dict[str, Any]]:
     from ctdose.dicom_io import read_reference_series
 
     reference = read_reference_series(jobs[0].reference_path, jobs[0].pair["reference_uid"])
+    reference_cache: dict = {}  # the reference's crop and SSIM window means, computed once for all its pairs
     rows = []
     for job in jobs:
-        row = measure_pair(job, reference)
+        row = measure_pair(job, reference, reference_cache)
         write_csv(pd.DataFrame([row]), job.cache)
         write_sidecar(job.cache, job.settings, inputs=job.inputs, n_rows=1)
         rows.append(row)

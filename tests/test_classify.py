@@ -239,3 +239,23 @@ def test_mlp_architecture_is_the_papers():
     assert [(m.in_features, m.out_features) for m in linear] == [(17, 100), (100, 60), (60, 30), (30, 4)]
     assert sum(isinstance(m, nn.GELU) for m in net) == 3
     assert [m.p for m in net if isinstance(m, nn.Dropout)] == [0.2, 0.2, 0.2]
+
+
+def test_fits_in_chunks_on_workers_equal_the_plain_loop_over_the_whole_table(table):
+    """analyze/classify.py's chunked jobs (columns constant over all rows dropped up front) give, per
+    split, the accuracies of fitting the whole table's rows split by split (the pipeline's own filter)."""
+    from ctdose.parallel import parallel_map
+    from ctdose.stats.classify import gather_jobs, protocol_splits, run_split_job, split_jobs
+
+    df = table.assign(synthetic_const=7.0)  # constant over all rows: dropped up front by the chunked path
+    ft = _as_feature_table(df)
+    settings = ClassifySettings(classifier="mlp", epochs=20, n_folds=3, seed=2)
+    jobs = split_jobs(ft, settings, fits_per_job=3)
+    assert ft.X.shape[1] == 13 and all(j.X.shape[1] == 12 for j in jobs) and len(jobs) > 4
+    chunked = gather_jobs(jobs[::-1], parallel_map(run_split_job, jobs[::-1], workers=2, desc="test"))["synthetic"]
+    for protocol, (y, splits) in protocol_splits(ft, settings).items():
+        plain = run_splits(ft.X, y, splits, lambda: make_pipeline("mlp", seed=2, epochs=20))
+        got = chunked[protocol]
+        assert got["accuracy"].tolist() == plain["accuracy"].tolist(), protocol  # same fits, same bits
+        assert got["n_train_rows"].tolist() == plain["n_train_rows"].tolist()
+    assert list(chunked) == [p for p in ("cross_dose", "loso_n", "kfold_n", "dose_level") if p in chunked]

@@ -198,3 +198,23 @@ def test_distribution_shift_constant_and_near_constant_features_raise_no_runtime
     assert np.isnan(out.loc[3, "delta_skew"]) and np.isnan(out.loc[3, "delta_kurtosis"])
     assert out.loc[3, "ks_stat"] == pytest.approx(stats.ks_2samp(low[:, 3], high[:, 3]).statistic, abs=1e-12)
     assert summarize_shift(out, 0.05).loc[0, "n_excluded"] == 2
+
+
+def test_dose_fold_jobs_on_workers_equal_dose_models_and_constant_columns_change_nothing():
+    """analyze/dose_effects.py fits each fold as a job on parallel workers, on the columns not constant
+    over all rows: the same folds table and confusion counts as dose_models over the whole table."""
+    from ctdose.parallel import parallel_map
+    from ctdose.stats.dose_models import dose_fold, dose_model_jobs, gather_dose_folds
+
+    table = _dose_table(seed=1)
+    const = FeatureTable("syn", table.ident, np.column_stack([table.X, np.full(len(table.X), 5.0)]),
+                         [*table.feature_names, "syn_const"])
+    settings = DoseModelSettings(n_folds=3, n_trees=20, epochs=30, classifiers=("rf", "mlp"),
+                                 regressors=("ridge",))
+    folds, confusion = dose_models(table, settings)
+    jobs, levels = dose_model_jobs(const, settings, threads=1)
+    assert all(j.X.shape[1] == table.X.shape[1] for j in jobs)
+    outs = parallel_map(dose_fold, jobs[::-1], workers=2, desc="test")[::-1]
+    got_folds, got_confusion = gather_dose_folds("syn", levels, settings, outs)
+    pd.testing.assert_frame_equal(got_folds, folds)
+    pd.testing.assert_frame_equal(got_confusion, confusion)

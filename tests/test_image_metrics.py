@@ -114,6 +114,26 @@ def test_a_same_scan_pair_is_compared_voxel_for_voxel():
     assert not same_transform(t_ir, t_fbp)
 
 
+def test_a_reference_kept_for_several_series_gives_the_same_numbers():
+    """measure_and_cache keeps one reference's crop and SSIM window means for all its pairs: every
+    metric equals the pair measured alone."""
+    rng = np.random.default_rng(6)
+    phantom, spacing = _cylinder()
+    phantom = np.tile(phantom, (2, 2, 2))  # (40, 64, 64): room for the SSIM window after a bin-shrink by 2
+    ref = Volume(phantom + rng.normal(0, 20, phantom.shape), (0, 0, 0), spacing)
+    box = ndimage.find_objects(body_mask(clip_hu(ref.array)).astype(np.uint8))[0]
+    cache: dict = {}
+    for k in range(3):
+        series = Volume(phantom + rng.normal(0, 10 + 10 * k, phantom.shape), (0, 0, 0), spacing)
+        for shrink in (1, 2):
+            alone = compare_volumes(series, None, ref, None, shrink=shrink, same_scan=True)
+            kept = compare_volumes(series, None, ref, None, shrink=shrink, same_scan=True, reference_cache=cache)
+            assert kept == alone
+        # PSNR from the RMSE computed once equals psnr() on the cropped, shrunk arrays
+        a, b = (bin_shrink(clip_hu(v.array)[box], 2) for v in (series, ref))
+        assert alone["psnr_db"] == pytest.approx(psnr(a, b), abs=1e-9)
+
+
 def test_region_setting():
     rng = np.random.default_rng(4)
     phantom, spacing = _cylinder()

@@ -280,54 +280,128 @@ class ClassifySettings:
                 "chance": "majority-class share of the test labels"}
 
 
-def classify_extractor(table: FeatureTable, settings: ClassifySettings) -> dict[str, pd.DataFrame]:
-    """Every protocol the table allows, per split: {protocol: rows of :func:`run_splits` + ``extractor``}.
-
-    Cross-dose, LOSO-N and dose level need two scanners (dose level also two doses); k-fold-n needs
-    two acquisitions. Absent protocols are absent keys.
-    """
+def _prepared(table: FeatureTable, settings: ClassifySettings) -> FeatureTable:
+    """``table`` restricted to ``settings.recons`` (ValueError when no row is left)."""
     if settings.recons:
         table = table.subset(table.ident["recon"].isin(settings.recons).to_numpy())
         if not len(table.X):
             raise ValueError(f"{table.name}: no rows with reconstruction(s) {', '.join(settings.recons)}")
-    ident, X = table.ident, table.X
+    return table
+
+
+def protocol_splits(table: FeatureTable, settings: ClassifySettings) -> dict[str, tuple[np.ndarray, list[Split]]]:
+    """Every protocol the table allows, in :data:`PROTOCOLS` order: {protocol: (labels (rows,), splits)}.
+
+    Cross-dose, LOSO-N and dose level need two scanners (dose level also two doses); k-fold-n needs
+    two acquisitions. Absent protocols are absent keys. ``table`` is already restricted to the recons.
+    """
+    ident = table.ident
     y_roi, y_dose = ident["roi_class"].to_numpy(), ident["dose_mgy"].to_numpy()
     scanner = ident["scanner"].to_numpy()
-    make = partial(make_pipeline, settings.classifier, settings.seed, settings.epochs)
-
-    def bar(desc: str) -> Callable:
-        from tqdm.auto import tqdm
-        return partial(tqdm, leave=False, unit="fit", desc=f"{table.name} {desc}")
-
-    out: dict[str, pd.DataFrame] = {}
+    out: dict[str, tuple[np.ndarray, list[Split]]] = {}
     if np.unique(scanner).size >= 2:
-        out["cross_dose"] = run_splits(X, y_roi, cross_dose_splits(scanner, y_dose), make, bar("cross-dose"))
-        loso = loso_n_splits(scanner, ident["manufacturer"].to_numpy(), settings.seed, settings.loso_draw)
-        out["loso_n"] = run_splits(X, y_roi, loso, make, bar("LOSO-N"))
-        if np.unique(y_dose).size >= 2:
-            out["dose_level"] = run_splits(X, y_dose.astype(str), dose_splits(scanner), make,
-                                           bar("dose level"))
+        out["cross_dose"] = (y_roi, list(cross_dose_splits(scanner, y_dose)))
+        out["loso_n"] = (y_roi, list(loso_n_splits(scanner, ident["manufacturer"].to_numpy(), settings.seed,
+                                                   settings.loso_draw)))
     groups = acquisition_groups(ident)
     n_folds = min(settings.n_folds, np.unique(groups).size)
     if n_folds >= 2:
-        out["kfold_n"] = run_splits(X, y_roi, kfold_n_splits(groups, n_folds, settings.seed), make,
-                                    bar("k-fold-n"))
-    return {k: v.assign(extractor=table.name) for k, v in out.items()}
+        out["kfold_n"] = (y_roi, list(kfold_n_splits(groups, n_folds, settings.seed)))
+    if np.unique(scanner).size >= 2 and np.unique(y_dose).size >= 2:
+        out["dose_level"] = (y_dose.astype(str), list(dose_splits(scanner)))
+    return {p: out[p] for p in PROTOCOLS if p in out}
 
 
-def classify_job(job: tuple[FeatureTable, ClassifySettings, int]) -> dict[str, pd.DataFrame]:
-    """:func:`classify_extractor` with torch and BLAS limited to ``threads`` (a worker's share of the CPU).
+def varying_columns(X: np.ndarray) -> np.ndarray:
+    """(features,) True where a column of ``X`` (rows, features) is not constant over all rows (ptp > 0).
 
-    BLAS threads beyond the cores oversubscribe the CPU (logreg was 20x slower on a busy 2-core
-    machine).
+    A column constant over all rows is constant in every training subset, where the pipeline's
+    ``VarianceThreshold(0.0)`` drops it (sklearn tests ptp == 0 at threshold 0): dropping it once up
+    front leaves every fit's input, and so its result, unchanged (the CNN's table: 2048 -> ~210 columns).
     """
+    return np.ptp(np.asarray(X), axis=0) > 0
+
+
+@dataclass
+class SplitJob:
+    """One chunk of consecutive splits of one protocol of one extractor (picklable, for parallel_map).
+
+    X: (rows, features) with the columns constant over all rows dropped (:func:`varying_columns`);
+    y: (rows,) labels; first: the chunk's position in the protocol's split list; cost: estimated work
+    (training rows x (features + 100), summed over the chunk's splits), to start the largest first.
+    """
+
+    extractor: str
+    protocol: str
+    X: np.ndarray
+    y: np.ndarray
+    splits: list[Split]
+    settings: ClassifySettings
+    threads: int = 1
+    first: int = 0
+    cost: float = 0.0
+
+
+def split_jobs(table: FeatureTable, settings: ClassifySettings, threads: int = 1,
+               fits_per_job: int = 16) -> list[SplitJob]:
+    """The work of :func:`classify_extractor` as jobs of at most ``fits_per_job`` fits each, so that
+    parallel workers share one large table's fits instead of one worker taking a whole extractor.
+    Every fit is seeded on its own (``make_pipeline``), so how the splits are chunked and which worker
+    runs them leaves each result unchanged."""
+    table = _prepared(table, settings)
+    X = table.X[:, varying_columns(table.X)]
+    jobs = []
+    for protocol, (y, splits) in protocol_splits(table, settings).items():
+        for first in range(0, len(splits), fits_per_job):
+            chunk = splits[first:first + fits_per_job]
+            cost = float(sum(s.train.size for s in chunk)) * (X.shape[1] + 100)
+            jobs.append(SplitJob(table.name, protocol, X, y, chunk, settings, threads, first, cost))
+    return jobs
+
+
+def run_split_job(job: SplitJob) -> pd.DataFrame:
+    """:func:`run_splits` of one :class:`SplitJob` with torch and BLAS limited to ``job.threads`` (a
+    worker's share of the CPU: BLAS threads beyond the cores oversubscribe it; logreg was 20x slower
+    on a busy 2-core machine)."""
     import torch
     from threadpoolctl import threadpool_limits
 
+    s = job.settings
+    torch.set_num_threads(job.threads)
+    with threadpool_limits(limits=job.threads):
+        return run_splits(job.X, job.y, job.splits, partial(make_pipeline, s.classifier, s.seed, s.epochs))
+
+
+def gather_jobs(jobs: list[SplitJob], outs: list[pd.DataFrame]) -> dict[str, dict[str, pd.DataFrame]]:
+    """Results of :func:`run_split_job` (in ``jobs`` order) back as {extractor: {protocol: rows + extractor}},
+    each protocol's rows in split order (as :func:`classify_extractor` returns them)."""
+    parts: dict[str, dict[str, list[tuple[int, pd.DataFrame]]]] = {}
+    for job, out in zip(jobs, outs):
+        parts.setdefault(job.extractor, {}).setdefault(job.protocol, []).append((job.first, out))
+    return {name: {p: pd.concat([o for _, o in sorted(chunks, key=lambda c: c[0])], ignore_index=True)
+                   .assign(extractor=name)
+                   for p, chunks in sorted(per.items(), key=lambda kv: PROTOCOLS.index(kv[0]))}
+            for name, per in parts.items()}
+
+
+def classify_extractor(table: FeatureTable, settings: ClassifySettings) -> dict[str, pd.DataFrame]:
+    """Every protocol the table allows, per split: {protocol: rows of :func:`run_splits` + ``extractor``}.
+
+    Cross-dose, LOSO-N and dose level need two scanners (dose level also two doses); k-fold-n needs
+    two acquisitions. Absent protocols are absent keys. In-process; analyze/classify.py runs the same
+    fits as :func:`split_jobs` on parallel workers.
+    """
+    jobs = split_jobs(table, settings)
+    return gather_jobs(jobs, [run_splits(j.X, j.y, j.splits, partial(make_pipeline, settings.classifier,
+                                                                      settings.seed, settings.epochs))
+                              for j in jobs]).get(table.name, {})
+
+
+def classify_job(job: tuple[FeatureTable, ClassifySettings, int]) -> dict[str, pd.DataFrame]:
+    """:func:`classify_extractor` with torch and BLAS limited to ``threads`` (one process, one extractor)."""
     table, settings, threads = job
-    torch.set_num_threads(threads)
-    with threadpool_limits(limits=threads):
-        return classify_extractor(table, settings)
+    jobs = split_jobs(table, settings, threads)
+    return gather_jobs(jobs, [run_split_job(j) for j in jobs]).get(table.name, {})
 
 
 @dataclass

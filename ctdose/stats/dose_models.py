@@ -106,14 +106,33 @@ def make_model(name: str, kind: str, settings: DoseModelSettings) -> Pipeline:
     return make_pipeline("logreg", settings.seed).set_params(clf=estimator)
 
 
-def dose_models(table: FeatureTable, settings: DoseModelSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Grouped-CV dose classification and regression of one extractor.
+@dataclass
+class DoseFoldJob:
+    """Every dose model of one fold of one extractor (picklable, for parallel workers).
 
-    Returns ``folds``: one row per (task, model, fold): extractor, task ('classification' /
-    'regression'), model, fold, n_train, n_test, accuracy and chance (classification) or mae_mgy and
-    baseline_mae_mgy (regression); and ``confusion``: one row per (model, true dose, predicted dose)
-    with the count of test rows, summed over folds (rows of one true dose sum to its row count).
+    X: (rows, features), the columns constant over all rows dropped (the pipeline's filter drops them in
+    every fold anyway, :func:`ctdose.stats.classify.varying_columns`); level: (rows,) dose class index;
+    dose: (rows,) mGy; train / test: row indices; n_levels: dose classes; threads: torch / BLAS threads
+    (None: left as the process has them).
     """
+
+    extractor: str
+    fold: int
+    X: np.ndarray
+    level: np.ndarray
+    dose: np.ndarray
+    train: np.ndarray
+    test: np.ndarray
+    n_levels: int
+    settings: DoseModelSettings
+    threads: int | None = None
+
+
+def dose_model_jobs(table: FeatureTable, settings: DoseModelSettings, threads: int | None = None
+                    ) -> tuple[list[DoseFoldJob], np.ndarray]:
+    """One :class:`DoseFoldJob` per GroupKFold fold of ``table``, and the dose levels (classes, mGy)."""
+    from ctdose.stats.classify import varying_columns
+
     if settings.recons:
         table = table.subset(table.ident["recon"].isin(settings.recons).to_numpy())
         if not len(table.X):
@@ -124,32 +143,66 @@ def dose_models(table: FeatureTable, settings: DoseModelSettings) -> tuple[pd.Da
         raise ValueError(f"{table.name}: dose models need at least 2 dose levels, got {levels.tolist()}")
     level = np.searchsorted(levels, dose)  # class index: a dose like 2.5 mGy is a class, not a continuous target
     folds = grouped_folds(scanner_roi_groups(table.ident), settings.n_folds, settings.seed)
-    X, rows, counts = table.X, [], {c: np.zeros((levels.size, levels.size), int) for c in settings.classifiers}
-    bar = tqdm(total=len(folds) * (len(settings.classifiers) + len(settings.regressors)),
-               desc=f"{table.name} dose models", unit="fit", leave=False)
-    for f, (train, test) in enumerate(folds):
-        base = {"extractor": table.name, "fold": f, "n_train": int(train.size), "n_test": int(test.size)}
+    X = table.X[:, varying_columns(table.X)]
+    return [DoseFoldJob(table.name, f, X, level, dose, train, test, levels.size, settings, threads)
+            for f, (train, test) in enumerate(folds)], levels
+
+
+def dose_fold(job: DoseFoldJob) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """Fit and score every model of one fold (torch and BLAS limited to ``job.threads``): the fold's
+    rows of :func:`dose_models`' ``folds`` table and each classifier's confusion counts (levels x levels)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    settings, X, level, dose, train, test = job.settings, job.X, job.level, job.dose, job.train, job.test
+    base = {"extractor": job.extractor, "fold": job.fold, "n_train": int(train.size), "n_test": int(test.size)}
+    rows, counts = [], {}
+    if job.threads is not None:
+        torch.set_num_threads(job.threads)
+    with threadpool_limits(limits=job.threads):  # None: no limit
         for name in settings.classifiers:
             if np.unique(level[train]).size < 2:
-                raise ValueError(f"{table.name}: training rows of fold {f} hold a single dose")
+                raise ValueError(f"{job.extractor}: training rows of fold {job.fold} hold a single dose")
             pred = make_model(name, "classifier", settings).fit(X[train], level[train]).predict(X[test])
-            counts[name] += confusion_matrix(level[test], pred, labels=np.arange(levels.size))
+            counts[name] = confusion_matrix(level[test], pred, labels=np.arange(job.n_levels))
             rows.append({**base, "task": "classification", "model": name,
                          "accuracy": float(np.mean(pred == level[test])), "chance": chance_level(level[test])})
-            bar.update()
         for name in settings.regressors:
             pred = make_model(name, "regressor", settings).fit(X[train], dose[train]).predict(X[test])
             rows.append({**base, "task": "regression", "model": name,
                          "mae_mgy": float(np.mean(np.abs(pred - dose[test]))),
                          "baseline_mae_mgy": float(np.mean(np.abs(dose[train].mean() - dose[test])))})
-            bar.update()
-    bar.close()
-    confusion = pd.DataFrame([{"extractor": table.name, "model": name, "true_dose": t, "pred_dose": p,
+    return rows, counts
+
+
+def gather_dose_folds(name: str, levels: np.ndarray, settings: DoseModelSettings,
+                      outs: list[tuple[list[dict], dict[str, np.ndarray]]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`dose_fold` results of one extractor's folds (in fold order) as :func:`dose_models` returns them."""
+    rows = [r for fold_rows, _ in outs for r in fold_rows]
+    counts = {c: np.zeros((levels.size, levels.size), int) for c in settings.classifiers}
+    for _, fold_counts in outs:
+        for c, m in fold_counts.items():
+            counts[c] += m
+    confusion = pd.DataFrame([{"extractor": name, "model": c, "true_dose": t, "pred_dose": p,
                                "count": int(m[i, j])}
-                              for name, m in counts.items() for i, t in enumerate(levels)
+                              for c, m in counts.items() for i, t in enumerate(levels)
                               for j, p in enumerate(levels)],
                              columns=["extractor", "model", "true_dose", "pred_dose", "count"])
     return pd.DataFrame(rows), confusion
+
+
+def dose_models(table: FeatureTable, settings: DoseModelSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Grouped-CV dose classification and regression of one extractor (in-process; analyze/dose_effects.py
+    runs the same :func:`dose_fold` jobs on parallel workers with ``--workers``).
+
+    Returns ``folds``: one row per (task, model, fold): extractor, task ('classification' /
+    'regression'), model, fold, n_train, n_test, accuracy and chance (classification) or mae_mgy and
+    baseline_mae_mgy (regression); and ``confusion``: one row per (model, true dose, predicted dose)
+    with the count of test rows, summed over folds (rows of one true dose sum to its row count).
+    """
+    jobs, levels = dose_model_jobs(table, settings)
+    outs = [dose_fold(job) for job in tqdm(jobs, desc=f"{table.name} dose models", unit="fold", leave=False)]
+    return gather_dose_folds(table.name, levels, settings, outs)
 
 
 def summarize_dose_models(folds: pd.DataFrame) -> pd.DataFrame:

@@ -51,13 +51,19 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         loss_fn = nn.CrossEntropyLoss()
         n = len(yt)
         bs = n if not self.batch_size else min(int(self.batch_size), n)
+        # full batch: the rows copied once in the order and memory layout the batches always had (the
+        # loop indexed X by arange(n) every epoch: the same copy, made 100 times)
+        full = [(Xt[torch.arange(n)], yt[torch.arange(n)])]
         self.model_.train()
         for _ in range(int(self.epochs)):
-            order = torch.randperm(n, generator=gen) if bs < n else torch.arange(n)
-            for start in range(0, n, bs):
-                idx = order[start:start + bs]
+            if bs >= n:
+                batches = full
+            else:
+                order = torch.randperm(n, generator=gen)
+                batches = ((Xt[idx], yt[idx]) for idx in (order[s:s + bs] for s in range(0, n, bs)))
+            for xb, yb in batches:
                 opt.zero_grad()
-                loss = loss_fn(self.model_(Xt[idx]), yt[idx])
+                loss = loss_fn(self.model_(xb), yb)
                 loss.backward()
                 opt.step()
         self.model_.eval()
