@@ -452,6 +452,11 @@ class ResultsLayout:
         return self.segmentation_dir / "table2_wide.csv"
 
     @property
+    def segmentation_table2_contrast(self) -> Path:
+        """Table 2 layout (long) split by contrast phase (contrast x segmenter x denoiser), when two are present."""
+        return self.segmentation_dir / "table2_by_contrast.csv"
+
+    @property
     def segmentation_curves(self) -> Path:
         """Fig. 7 data: Dice / HD95 median, MAD per segmenter x denoiser x reference x label x dose."""
         return self.segmentation_dir / "dice_vs_dose.csv"

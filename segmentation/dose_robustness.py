@@ -11,12 +11,19 @@ totalsegmentator / nnunet / monai with their paths below; never downloaded). Eac
 per label (Dice, HD95 in mm, MONAI) against the full-dose prediction (the study's robustness) and, on
 the twin, against the twin's analytic ground truth.
 
-Demo default: 2 scanners x 1 repetition x 5 doses x 3 denoisers, built-in model. --study: every scanner
-and repetition of the data, denoisers none tv nlm cnn.
+Contrast vs non-contrast (the study compares both): every row carries the series' phase (catalog column
+``contrast`` when present; twin series are "native"); --contrast-variant also runs a simulated
+contrast-enhanced copy of each native series (ctdose.twin_qc: +60 HU liver, +180 HU vessel tubes; same
+noise, a paired comparison) and table2_by_contrast.csv splits Table 2 by phase.
+
+Demo default: 2 scanners x 1 repetition x 5 doses x 3 denoisers, built-in model, native + simulated
+contrast (on a twin; --no-contrast-variant halves the work). --study: every scanner and repetition of
+the data, denoisers none tv nlm cnn.
 
 Writes under <results>/segmentation/: segmentation_rows.csv (+ .json sidecar: settings, series,
 every other output), table2_lowest_dose.csv and table2_wide.csv (the study's Table 2 layout: model x
-denoising, median ± MAD of Dice and HD95 at the lowest dose), dice_vs_dose.csv + fig7_dice_vs_dose
+denoising, median ± MAD of Dice and HD95 at the lowest dose), table2_by_contrast.csv (the same per
+contrast phase, when there are two), dice_vs_dose.csv + fig7_dice_vs_dose
 (and fig7_vs_ground_truth on a twin), dice_vs_radius.csv + fig5_dice_vs_radius (Dice by r_eff log
 bins), label_failures.csv (share of scans with Dice below --fail-dice), overlay (full vs lowest dose,
 difference), ladder_validation.csv (twin: simulated vs independently acquired ROI noise), and
@@ -46,6 +53,7 @@ RECON = "FBP"
 LADDER = "auto"                  # auto | twin-counts | reprojection
 REFERENCE_DENOISER = "none"      # full-dose reference: the undenoised prediction (none) or the same denoiser (same)
 FAIL_DICE = 0.9
+CONTRAST_VARIANT = None          # simulated contrast-enhanced copy of each native series (None: on a twin only)
 SEED = 0
 WORKERS = 2                      # series in parallel (Dask processes; 1 = in-process)
 # --- end settings ---
@@ -75,6 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="full-dose reference prediction (default: %(default)s)")
     p.add_argument("--fail-dice", type=float, default=FAIL_DICE, 
                    help="a label fails below this Dice (default: %(default)s)")
+    p.add_argument("--contrast-variant", action=argparse.BooleanOptionalAction, default=CONTRAST_VARIANT,
+                   help="also run a simulated contrast-enhanced copy of each native series and split Table 2 "
+                        "by contrast phase (default: on for a twin, off for other data)")
     p.add_argument("--no-ground-truth", action="store_true", help="skip the twin ground-truth comparison")
     p.add_argument("--validate-ladder", action=argparse.BooleanOptionalAction, default=True,
                    help="on a twin: compare simulated ROI noise with the twin's independent acquisitions (default: on)")
@@ -136,9 +147,11 @@ def main(argv: list[str] | None = None) -> int:
             segmenter_options=tuple(sorted(segmenter_options(kind, args).items())),
             denoiser_options=tuple(sorted(denoiser_options.items())), ladder=args.ladder, seed=args.seed,
             reference_denoiser=args.reference_denoiser, ground_truth=not args.no_ground_truth,
-            photons_per_mgy=args.photons_per_mgy)
+            photons_per_mgy=args.photons_per_mgy,
+            contrast_variant=twin if args.contrast_variant is None else args.contrast_variant)
         tasks = [rb.SeriesTask(str(r.path), str(r.series_uid), str(r.scanner), int(r.repetition), float(r.dose_mgy),
-                               str(r.recon), str(layout.segmentation_partial(kind, str(r.series_uid))))
+                               str(r.recon), str(layout.segmentation_partial(kind, str(r.series_uid))),
+                               str(r.contrast))
                  for r in series.itertuples()]
         if args.force:
             for t in tasks:
@@ -154,6 +167,11 @@ def main(argv: list[str] | None = None) -> int:
                layout.segmentation_radius, layout.segmentation_failures]
     for frame, path in zip((agg.table2, agg.table2_wide, agg.curves, agg.radius, agg.failures), outputs):
         write_csv(frame, path)
+    if not agg.table2_contrast.empty:
+        write_csv(agg.table2_contrast, layout.segmentation_table2_contrast)
+        outputs.append(layout.segmentation_table2_contrast)
+    else:
+        layout.segmentation_table2_contrast.unlink(missing_ok=True)
     figures = []
     figures += rb.fig7_dose_curves(agg.curves, layout.segmentation_figure("fig7_dice_vs_dose"),
                                    denoisers=args.denoisers)
@@ -192,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
           f"-> {layout.segmentation_dir}")
     if not agg.table2.empty:
         print(agg.table2[["segmenter", "denoiser", "dose_fraction", "n_scans", "cell"]].to_string(index=False))
+    if not agg.table2_contrast.empty:
+        print(agg.table2_contrast[["contrast", "segmenter", "denoiser", "n_scans", "cell"]].to_string(index=False))
     if validation is not None:
         print(f"ladder vs independent acquisitions: mean |relative error| of ROI std "
               f"{100 * validation['rel_error'].abs().mean():.1f} % "

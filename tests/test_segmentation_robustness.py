@@ -225,7 +225,7 @@ def test_script_end_to_end(tiny_tree, tmp_path, monkeypatch):
     assert side["twin"] is False and len(side["series"]) == 2
     for stem in ("fig7_dice_vs_dose", "fig5_dice_vs_radius", "overlay"):
         assert layout.segmentation_figure(stem).with_suffix(".png").is_file(), stem
-    from ctdose.segmentation_report import segmentation_section
+    from ctdose.report_sections.segmentation import segmentation_section
 
     sec = segmentation_section(layout)
     assert not sec.warnings, sec.warnings
@@ -244,3 +244,87 @@ def test_bad_inputs_are_one_line(tmp_path):
                           "dose_mgy": [10.0], "recon": ["FBP"]})
     with pytest.raises(ValueError, match="scanner.*Z9"):
         rb.select_series(tmp_path, table, scanners=["Z9"])
+
+
+# ------------------------------------------------------------------------------------ contrast split
+
+@pytest.fixture(scope="module")
+def liver_tree(tmp_path_factory):
+    """One series whose body is liver-like (80 HU: inside twin_qc's liver band, under the 90 HU "dense"
+    threshold), its catalog, volume and body mask."""
+    root = tmp_path_factory.mktemp("livertree")
+    vol = phantom_volume(shape_zyx=(8, 64, 64), noise_sd=0.0, seed=0)
+    body = vol.array > -500
+    vol = Volume(np.where(body, vol.array + 20.0, vol.array).astype(np.float32), vol.origin, vol.spacing)
+    series = write_test_series(root / "A1_FBP10", scanner="A1", dose=10, recon="FBP", scan_id=30, volume=vol, seed=0)
+    from ctdose.catalog import build_catalog
+
+    return root, build_catalog(root), series, body
+
+
+def test_contrast_phase_selection_and_table2_split(liver_tree, tmp_path):
+    root, catalog, series, body = liver_tree
+    vol = series.volume
+    assert rb.select_series(root, catalog)["contrast"].tolist() == [rb.UNKNOWN_PHASE]
+    # a catalog contrast column: the highest dose per scanner x repetition x phase, phases kept apart
+    two = pd.concat([catalog.assign(contrast="native"),
+                     catalog.assign(contrast="contrast", series_uid="ce", dose_mgy=5.0),
+                     catalog.assign(contrast="native", series_uid="low", dose_mgy=1.0)], ignore_index=True)
+    picked = rb.select_series(root, two).set_index("contrast")["series_uid"].to_dict()
+    assert picked == {"contrast": "ce", "native": catalog["series_uid"].item()}
+
+    enhancement = rb.contrast_enhancement(rb.SeriesTask(str(series.files[0].parent), "x", "A1", 1, 10.0, "FBP", ""),
+                                          vol)
+    in_plane = np.ones((1, 3, 3), bool)
+    inner = ndimage.binary_erosion(body, in_plane, iterations=4)  # away from the blurred edge
+    assert np.median(enhancement[inner]) == pytest.approx(60.0, abs=1.0)  # liver +60 HU
+    assert enhancement.max() == pytest.approx(180.0, abs=15.0)  # the vessel tube
+    assert np.abs(enhancement[~ndimage.binary_dilation(body, in_plane, iterations=3)]).max() < 1.0  # nothing outside
+
+    settings = rb.RobustnessSettings(fractions=(0.3, 1.0), denoisers=("none",), segmenter="threshold",
+                                     ladder="reprojection", photons_per_mgy=300.0, contrast_variant=True)
+    seg = ThresholdSegmenter()
+    task = rb.SeriesTask(str(series.files[0].parent), catalog["series_uid"].item(), "A1", 1, 10.0, "FBP",
+                         str(tmp_path / "partial.csv"), rb.NATIVE)
+    rows = rb.run_all([task], settings, segmenter_factory=lambda s: seg)
+    assert seg.calls == 2 * 2  # phases x fractions
+    assert rows["contrast"].drop_duplicates().tolist() == [rb.NATIVE, rb.SIMULATED_CONTRAST]
+    full = rows[(rows["dose_fraction"] == 1.0) & (rows["label_name"] == "dense")].set_index("contrast")
+    assert (full["dice"] == 1.0).all()  # each phase is scored against its own full-dose prediction
+    # +60 HU lifts the 80 HU body over the 90 HU "dense" threshold: the enhanced copy was segmented
+    assert full.loc[rb.SIMULATED_CONTRAST, "pred_voxels"] > 3 * full.loc[rb.NATIVE, "pred_voxels"]
+
+    split = rb.table2_by_contrast(rows)
+    assert split["contrast"].tolist() == [rb.NATIVE, rb.SIMULATED_CONTRAST] and (split["n_scans"] == 1).all()
+    low = rows[(rows["dose_fraction"] == 0.3) & ((rows["ref_voxels"] > 0) | (rows["pred_voxels"] > 0))]
+    for phase, expect in split.set_index("contrast").iterrows():  # independent: numpy over the raw rows
+        assert expect["dice_median"] == pytest.approx(low.loc[low["contrast"] == phase, "dice"].to_numpy().mean())
+    assert rb.table2(rows)["n_scans"].item() == 2  # pooled: a phase of a series counts as a scan
+    agg = rb.aggregate(rows)  # the study's tables over the series as acquired, the split over both phases
+    assert agg.table2["n_scans"].item() == 1 and len(agg.table2_contrast) == 2
+    assert set(agg.curves["n"]) == {1}
+    assert rb.table2_by_contrast(rows[rows["contrast"] == rb.NATIVE]).empty  # one phase: no split
+
+
+def test_script_contrast_split_reaches_the_report(liver_tree, tmp_path, monkeypatch):
+    from ctdose.atomic import write_csv
+    from ctdose.csv_io import read_csv
+    from ctdose.layout import ResultsLayout
+    from ctdose.report_sections.segmentation import segmentation_section
+
+    root, catalog, _, _ = liver_tree
+    layout = ResultsLayout(tmp_path / "results")
+    write_csv(catalog, layout.catalog)
+    monkeypatch.setattr(rb, "_cached_segmenter", lambda kind, options: ThresholdSegmenter())
+    argv = ["--data", str(root), "--results", str(layout.root), "--scanners", "A1", "--denoisers", "none",
+            "--fractions", "0.4", "1.0", "--ladder", "reprojection", "--photons-per-mgy", "300", "--workers", "1"]
+    run_script("segmentation/dose_robustness.py", argv)  # not a twin: no contrast copy by default
+    assert not layout.segmentation_table2_contrast.exists()
+    run_script("segmentation/dose_robustness.py", [*argv, "--contrast-variant"])
+    split = read_csv(layout.segmentation_table2_contrast)
+    assert split["contrast"].tolist() == [rb.UNKNOWN_PHASE, rb.SIMULATED_CONTRAST]
+    assert read_csv(layout.segmentation_table2)["n_scans"].tolist() == [1]  # Table 2: the acquired series
+    sec = segmentation_section(layout)
+    assert not sec.warnings, sec.warnings
+    table = next(df for caption, df in sec.tables if caption.startswith("Table 2 by contrast phase"))
+    assert table["contrast"].tolist() == split["contrast"].tolist() and table["none"].tolist() == split["cell"].tolist()

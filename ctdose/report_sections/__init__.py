@@ -4,7 +4,7 @@ segmentation dose robustness, organ classification on other datasets."""
 
 from ctdose.report_sections.datasets import organ_section
 from ctdose.report_sections.harmonize import harmonize_section
-from ctdose.segmentation_report import segmentation_section
+from ctdose.report_sections.segmentation import segmentation_section
 from ctdose.report_sections.series_qc import series_qc_section
 from ctdose.report_sections.size_dose import size_dose_section
 

@@ -10,17 +10,31 @@ prediction scored per label (:mod:`metrics`) against
 * ``ground_truth`` (twin series only): the twin's analytic label map of that placement
   (``ctdose.segmentation.builtin.twin_label_map``), labels matched by name.
 
+Contrast (the study compares contrast-enhanced with non-contrast scans): every row says ``contrast``,
+the series' phase: from a ``contrast`` column of the catalog when it has one (any labels, e.g.
+"native" / "contrast"), "native" for twin series (the twin has no contrast agent), else "unknown".
+``contrast_variant=True`` also runs a simulated contrast-enhanced copy of each non-contrast series
+(``ctdose.twin_qc``: +60 HU liver, +180 HU vessel-like tubes, from the twin's phantom model at the
+series' placement, or a liver threshold band on other data) through the same ladder, denoisers and
+segmenter: the enhancement is added to every dose level, so both phases carry the very same noise
+(a paired comparison; FBP is linear, only the small change of the photon counts by the agent is
+neglected). Its rows say ``contrast`` = "contrast (simulated)" and are scored against the full-dose
+prediction of the enhanced copy (and the same ground truth: the agent does not move organs).
+
 Per-series rows are written atomically to a partial table with its sidecar (settings, series, ladder
-method and note); a re-run with the same settings skips finished series. Rows: the series' identity,
-segmenter, denoiser, dose_fraction, dose_mgy (fraction x the series' CTDIvol), reference, then
-``metrics.METRIC_COLUMNS``.
+method and note); a re-run with the same settings skips finished series. Rows: the series' identity
+(with ``contrast``), segmenter, denoiser, dose_fraction, dose_mgy (fraction x the series' CTDIvol),
+reference, then ``metrics.METRIC_COLUMNS``.
 
 Aggregations (all from the row table):
 
 * :func:`table2`: the study's Table 2 layout, at the lowest dose against ``full_dose``: per scan the
   mean over labels present in either map (a label absent from both is not averaged in), then over
   scans median +- MAD (median absolute deviation, unscaled) of Dice and HD95 per segmenter x denoiser;
-  HD95 skips scans whose mean is NaN and says how many (``hd95_n``).
+  HD95 skips scans whose mean is NaN and says how many (``hd95_n``). A scan is one series in one
+  contrast phase; :func:`aggregate` leaves the simulated contrast copies out of Table 2, Fig. 7, Fig. 5
+  and the failure shares (they repeat the same acquisitions) and shows them in the contrast split only.
+* :func:`table2_by_contrast`: the same, split by ``contrast``, when the rows hold two phases or more.
 * :func:`dose_curves` (Fig. 7): median +- MAD per segmenter x denoiser x reference x label x dose.
 * :func:`radius_bins` (Fig. 5): Dice of every (scan, label, dose < 1) against ``full_dose`` in
   logarithmic bins of the reference label's r_eff.
@@ -48,10 +62,13 @@ from ctdose.segmentation.ladder import DOSE_FRACTIONS, dose_ladder, find_twin
 from ctdose.segmentation.metrics import METRIC_COLUMNS, label_metrics
 
 #: Identity columns of a row (before segmenter, denoiser ... and the metric columns).
-SERIES_COLUMNS: tuple[str, ...] = ("series_uid", "series", "scanner", "repetition", "dose_full_mgy", "recon")
+SERIES_COLUMNS: tuple[str, ...] = ("series_uid", "series", "scanner", "repetition", "dose_full_mgy", "recon",
+                                   "contrast")
 ROW_COLUMNS: tuple[str, ...] = (*SERIES_COLUMNS, "segmenter", "denoiser", "dose_fraction", "dose_mgy",
                                 "reference", "ladder_method", *METRIC_COLUMNS)
 REFERENCES = ("full_dose", "ground_truth")
+#: ``contrast`` of a twin series, of a series without a catalog label, and of a simulated contrast copy.
+NATIVE, UNKNOWN_PHASE, SIMULATED_CONTRAST = "native", "unknown", "contrast (simulated)"
 #: Logarithmic r_eff bin edges (mm) of Fig. 5.
 RADIUS_EDGES_MM: tuple[float, ...] = (2.0, 4.0, 8.0, 12.0, 19.0, 30.0, 50.0, 80.0, 130.0, 210.0)
 
@@ -70,6 +87,7 @@ class RobustnessSettings:
     reference_denoiser: str = "none"       # none | same
     ground_truth: bool = True
     photons_per_mgy: float | None = None
+    contrast_variant: bool = False         # also run a simulated contrast-enhanced copy of each native series
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -89,6 +107,7 @@ class SeriesTask:
     dose_mgy: float
     recon: str
     partial: str                  # its partial table (CSV; sidecar and overlay .npz beside it)
+    contrast: str = NATIVE        # the series' phase (see the module docstring)
 
     @property
     def overlay(self) -> Path:
@@ -99,9 +118,11 @@ def select_series(data_root: str | Path, catalog: pd.DataFrame | None = None, *,
                   repetitions: int | None = 1, recon: str = "FBP") -> pd.DataFrame:
     """The input series: per (scanner, repetition) the ``recon`` series at the highest dose.
 
-    From ``catalog`` (columns path, series_uid, scanner, repetition, dose_mgy, recon) when given, else
-    from the twin's ``ground_truth.json`` in ``data_root``. ``repetitions``: the first n repetitions
-    of each scanner (None: all). Columns: path, series_uid, scanner, repetition, dose_mgy, recon.
+    From ``catalog`` (columns path, series_uid, scanner, repetition, dose_mgy, recon, optional contrast)
+    when given, else from the twin's ``ground_truth.json`` in ``data_root``. With a ``contrast`` column
+    the highest dose is taken per (scanner, repetition, contrast). ``repetitions``: the first n
+    repetitions of each scanner (None: all). Columns: path, series_uid, scanner, repetition, dose_mgy,
+    recon, contrast (``NATIVE`` on a twin, ``UNKNOWN_PHASE`` for a catalog without the column).
     """
     data_root = Path(data_root)
     if catalog is None:
@@ -112,8 +133,11 @@ def select_series(data_root: str | Path, catalog: pd.DataFrame | None = None, *,
         truth = json.loads(truth_path.read_text())
         table = pd.DataFrame(truth["series"]).rename(columns={"rep": "repetition"})
         table["path"] = [str(data_root / n) for n in table["name"]]
+        table["contrast"] = NATIVE
     else:
         table = catalog.copy()
+        table["contrast"] = (table["contrast"].fillna(UNKNOWN_PHASE).astype(str) if "contrast" in table.columns
+                             else UNKNOWN_PHASE)
     table = table[table["recon"].astype(str) == recon]
     if scanners:
         wanted = set(scanners)
@@ -123,11 +147,11 @@ def select_series(data_root: str | Path, catalog: pd.DataFrame | None = None, *,
         table = table[table["scanner"].astype(str).isin(wanted)]
     if table.empty:
         raise ValueError(f"no {recon} series to run under {data_root}")
-    table = table.sort_values(["scanner", "repetition", "dose_mgy"])
-    top = table.groupby(["scanner", "repetition"], as_index=False).tail(1)
+    table = table.sort_values(["scanner", "contrast", "repetition", "dose_mgy"])
+    top = table.groupby(["scanner", "repetition", "contrast"], as_index=False).tail(1)
     if repetitions is not None:
-        top = top[top.groupby("scanner")["repetition"].rank(method="first") <= repetitions]
-    return top[["path", "series_uid", "scanner", "repetition", "dose_mgy", "recon"]].reset_index(drop=True)
+        top = top[top.groupby(["scanner", "contrast"])["repetition"].rank(method="dense") <= repetitions]
+    return top[["path", "series_uid", "scanner", "repetition", "dose_mgy", "recon", "contrast"]].reset_index(drop=True)
 
 
 @functools.lru_cache(maxsize=4)
@@ -169,6 +193,25 @@ def _matched(pred_names: dict[int, str], truth: np.ndarray, truth_names: dict[in
     return out, shared
 
 
+def contrast_enhancement(task: SeriesTask, volume) -> np.ndarray:
+    """The simulated contrast enhancement (HU, float32, the volume's (z, y, x) shape) of ``task``'s series.
+
+    ``ctdose.twin_qc.contrast_variant`` on a zero image: liver and vessel-tube masks from the twin's
+    phantom model at the series' placement (twin series), else the liver threshold band of the image.
+    """
+    from ctdose import twin_qc
+    from ctdose.volume import Volume
+
+    twin = find_twin(task.series_dir)
+    placement = None if twin is None else twin_qc.twin_placement(twin[1], task.series_uid)
+    if placement is not None:
+        liver, vessels = twin_qc.twin_enhancement_masks(volume, placement)
+    else:
+        liver, vessels = twin_qc.band_enhancement_masks(volume)
+    zero = Volume(np.zeros(volume.array.shape, np.float32), volume.origin, volume.spacing, volume.direction)
+    return twin_qc.contrast_variant(zero, liver, vessels).array.astype(np.float32)
+
+
 def _overlay_slice(labels: np.ndarray) -> int:
     """The axial slice with the most labelled voxels of the rarest present label (the ROIs on the twin)."""
     values, counts = np.unique(labels[labels > 0], return_counts=True)
@@ -198,12 +241,9 @@ def run_series(task: SeriesTask, settings: RobustnessSettings,
     fractions = sorted(ladder.levels)
     full = fractions[-1]
     denoisers = {name: get_denoiser(name, **dict(settings.denoiser_options)) for name in settings.denoisers}
-    predictions: dict[tuple[str, float], np.ndarray] = {}
-    for name, denoise in denoisers.items():
-        for f in fractions:
-            predictions[name, f] = np.asarray(segmenter.predict(denoise(ladder.levels[f], spacing), spacing))
-    if ("none", full) not in predictions:
-        predictions["none", full] = np.asarray(segmenter.predict(ladder.levels[full], spacing))
+    phases: dict[str, np.ndarray | None] = {task.contrast: None}  # phase -> enhancement added to every level
+    if settings.contrast_variant and task.contrast in (NATIVE, UNKNOWN_PHASE):
+        phases[SIMULATED_CONTRAST] = contrast_enhancement(task, ladder.volume)
     truth = _ground_truth(task, ladder.volume) if settings.ground_truth else None
     if truth is not None:
         truth_map, truth_labels = _matched(dict(segmenter.labels), *truth)
@@ -211,22 +251,35 @@ def run_series(task: SeriesTask, settings: RobustnessSettings,
             "repetition": task.repetition, "dose_full_mgy": task.dose_mgy, "recon": task.recon,
             "segmenter": segmenter.name, "ladder_method": ladder.method}
     rows = []
-    for (name, f), pred in predictions.items():
-        if name not in denoisers:
-            continue
-        ref = predictions[("none" if settings.reference_denoiser == "none" else name), full]
-        common = {**base, "denoiser": name, "dose_fraction": f, "dose_mgy": f * task.dose_mgy}
-        rows += [{**common, "reference": "full_dose", **r} for r in label_metrics(pred, ref, spacing, segmenter.labels)]
-        if truth is not None and truth_labels:
-            rows += [{**common, "reference": "ground_truth", **r}
-                     for r in label_metrics(pred, truth_map, spacing, truth_labels)]
+    for phase, enhancement in phases.items():
+        def level(f: float) -> np.ndarray:
+            return ladder.levels[f] if enhancement is None else ladder.levels[f] + enhancement
+
+        predictions: dict[tuple[str, float], np.ndarray] = {}
+        for name, denoise in denoisers.items():
+            for f in fractions:
+                predictions[name, f] = np.asarray(segmenter.predict(denoise(level(f), spacing), spacing))
+        if ("none", full) not in predictions:
+            predictions["none", full] = np.asarray(segmenter.predict(level(full), spacing))
+        for (name, f), pred in predictions.items():
+            if name not in denoisers:
+                continue
+            ref = predictions[("none" if settings.reference_denoiser == "none" else name), full]
+            common = {**base, "contrast": phase, "denoiser": name, "dose_fraction": f, "dose_mgy": f * task.dose_mgy}
+            rows += [{**common, "reference": "full_dose", **r}
+                     for r in label_metrics(pred, ref, spacing, segmenter.labels)]
+            if truth is not None and truth_labels:
+                rows += [{**common, "reference": "ground_truth", **r}
+                         for r in label_metrics(pred, truth_map, spacing, truth_labels)]
+        if enhancement is None:
+            overlay = predictions  # the figure shows the series as acquired
     table = pd.DataFrame(rows, columns=list(ROW_COLUMNS))
     low = fractions[0]
-    k = _overlay_slice(predictions["none", full])
+    k = _overlay_slice(overlay["none", full])
     with atomic_path(task.overlay) as tmp:
         with open(tmp, "wb") as handle:
             np.savez_compressed(handle, image_full=ladder.levels[full][k], image_low=ladder.levels[low][k],
-                                pred_full=predictions["none", full][k], pred_low=predictions["none", low][k],
+                                pred_full=overlay["none", full][k], pred_low=overlay["none", low][k],
                                 slice_index=k, fraction_low=low, spacing_zyx_mm=np.asarray(spacing),
                                 labels=json.dumps({int(v): n for v, n in segmenter.labels.items()}))
     write_csv(table, partial)
@@ -243,7 +296,7 @@ def run_all(tasks: list[SeriesTask], settings: RobustnessSettings, *, workers: i
 
     func = functools.partial(run_series, settings=settings, segmenter_factory=segmenter_factory)
     paths = parallel_map(func, tasks, workers=workers, scheduler=scheduler, desc="segmentation robustness")
-    tables = [read_csv(p, dtype={"series_uid": str, "scanner": str}) for p in paths]
+    tables = [read_csv(p, dtype={"series_uid": str, "scanner": str, "contrast": str}) for p in paths]
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=list(ROW_COLUMNS))
 
 
@@ -261,7 +314,9 @@ def per_scan(rows: pd.DataFrame) -> pd.DataFrame:
     ``hd95_mm`` is the mean over labels with a finite HD95 (NaN when none), ``n_labels`` the labels averaged.
     """
     present = rows[(rows["ref_voxels"] > 0) | (rows["pred_voxels"] > 0)]
-    keys = ["series_uid", "scanner", "repetition", "segmenter", "denoiser", "reference", "dose_fraction"]
+    if "contrast" not in present.columns:  # rows of an older run: one phase
+        present = present.assign(contrast=UNKNOWN_PHASE)
+    keys = ["series_uid", "scanner", "repetition", "contrast", "segmenter", "denoiser", "reference", "dose_fraction"]
     out = present.groupby(keys, as_index=False).agg(dice=("dice", "mean"), hd95_mm=("hd95_mm", "mean"),
                                                     n_labels=("label", "size"))
     return out
@@ -289,6 +344,18 @@ def table2(rows: pd.DataFrame, fraction: float | None = None, reference: str = "
                     "dice_median": d_med, "dice_mad": d_mad, "hd95_median_mm": h_med, "hd95_mad_mm": h_mad,
                     "hd95_n": len(hd), "cell": f"{d_med:.3f} ± {d_mad:.3f} / {h_med:.2f} ± {h_mad:.2f} mm"})
     return pd.DataFrame(out)
+
+
+def table2_by_contrast(rows: pd.DataFrame, reference: str = "full_dose") -> pd.DataFrame:
+    """:func:`table2` per ``contrast`` phase at the run's lowest dose (column ``contrast`` first), in the
+    rows' order of phases; empty when the rows hold fewer than two phases."""
+    if "contrast" not in rows.columns or rows["contrast"].nunique() < 2:
+        return pd.DataFrame()
+    fraction = float(rows["dose_fraction"].min())
+    parts = [table2(g, fraction, reference).assign(contrast=phase)
+             for phase, g in rows.groupby("contrast", sort=False)]
+    out = pd.concat([p for p in parts if not p.empty], ignore_index=True)
+    return out[["contrast", *[c for c in out.columns if c != "contrast"]]]
 
 
 def table2_wide(long: pd.DataFrame) -> pd.DataFrame:
@@ -428,10 +495,15 @@ class Aggregates:
     curves: pd.DataFrame
     radius: pd.DataFrame
     failures: pd.DataFrame
+    table2_contrast: pd.DataFrame = field(default_factory=pd.DataFrame)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 def aggregate(rows: pd.DataFrame, fail_dice: float = 0.9) -> Aggregates:
-    """All aggregations of :mod:`robustness` from the row table."""
-    long = table2(rows)
-    return Aggregates(long, table2_wide(long), dose_curves(rows), radius_bins(rows), failure_share(rows, fail_dice))
+    """All aggregations of :mod:`robustness` from the row table: Table 2, Fig. 7, Fig. 5 and the failure
+    shares over the series as acquired (simulated contrast copies left out: they are the same
+    acquisitions), the contrast split over every phase."""
+    acquired = rows[rows["contrast"] != SIMULATED_CONTRAST] if "contrast" in rows.columns else rows
+    long = table2(acquired)
+    return Aggregates(long, table2_wide(long), dose_curves(acquired), radius_bins(acquired),
+                      failure_share(acquired, fail_dice), table2_by_contrast(rows))

@@ -49,6 +49,20 @@ def segmentation_section(layout: ResultsLayout) -> Section:
         sec.tables.append((f"Table 2 layout: Dice / HD95 at {100 * float(t2['dose_fraction'].iloc[0]):.0f} % dose "
                            f"against the full-dose prediction, median ± MAD over {n} scan(s) of the per-scan mean "
                            f"over labels (rows: models, columns: denoising)", wide))
+    by_phase = sec.table(record, layout.segmentation_table2_contrast)
+    if by_phase is not None:
+        wide = by_phase.pivot_table(index=["segmenter", "contrast"], columns="denoiser", values="cell",
+                                    aggfunc="first", sort=False)
+        wide = wide[list(by_phase["denoiser"].drop_duplicates())].reset_index()
+        n = by_phase.groupby(["segmenter", "contrast"])["n_scans"].max()
+        wide.insert(2, "n_scans", [int(n[key]) for key in zip(wide["segmenter"], wide["contrast"])])
+        simulated = "simulated" in " ".join(by_phase["contrast"].astype(str))
+        sec.tables.append((f"Table 2 by contrast phase: Dice / HD95 at "
+                           f"{100 * float(by_phase['dose_fraction'].iloc[0]):.0f} % dose against the full-dose "
+                           f"prediction of the same phase, median ± MAD over scans"
+                           + (" ('contrast (simulated)': the same acquisitions with +60 HU liver and +180 HU "
+                              "vessel tubes added, ctdose.twin_qc, so both phases carry the same noise)"
+                              if simulated else ""), wide))
     fails = sec.table(record, layout.segmentation_failures)
     if fails is not None:
         sel = fails[(fails["reference"] == "full_dose") & (fails["dose_fraction"] == fails["dose_fraction"].min())]
@@ -59,7 +73,10 @@ def segmentation_section(layout: ResultsLayout) -> Section:
             wide = wide.reset_index()
             sec.tables.append((f"Share of scans where a label fails (Dice < {float(sel['fail_dice'].iloc[0]):g} "
                                f"against full dose) at {100 * float(sel['dose_fraction'].iloc[0]):.0f} % dose", wide))
-    gt = rows[(rows["reference"] == "ground_truth") & (rows["dose_fraction"] == rows["dose_fraction"].max())]
+    gt = rows[(rows["reference"] == "ground_truth") & (rows["dose_fraction"] == rows["dose_fraction"].max())
+              & (rows["denoiser"] == "none")]
+    if "contrast" in gt.columns:  # the series as acquired (not the simulated contrast copies)
+        gt = gt[gt["contrast"].astype(str) != "contrast (simulated)"]
     if len(gt):
         present = gt[gt["ref_voxels"] > 0]
         acc = present.groupby(["segmenter", "label_name"], sort=False)["dice"].median().unstack("label_name")
