@@ -18,6 +18,11 @@ SWIN_DEMO_FLAGS ?= --recons FBP --repetitions 1 --patches-per-roi 1
 CTFM_DEMO_FLAGS ?= --recons FBP --repetitions 1 --patches-per-roi 1
 # the study's CNN weights are private: `cnn/pretrain_cnn.py` pretrains it on a separate twin (skips if done)
 CNN_WEIGHTS ?= cnn/weights/shallow_cnn.pt
+# segmentation dose robustness (segmentation/): a built-in U-Net and a CNN denoiser trained on a separate
+# twin (data/twin_segtrain, other seeds and texture; both skip when current), then 2 scanners x 1 repetition
+# x 5 dose levels x 3 denoisers (none tv cnn), native + simulated contrast; `--study` for the study's size
+SEG_WEIGHTS ?= segmentation/weights/builtin_unet.pt
+DENOISER_WEIGHTS ?= segmentation/weights/cnn_denoiser.pt
 # Swin and CT-FM load swin/weights/model_swinvit.pt and ct-fm/weights/ct_fm_feature_extractor when present
 # (see README); without them they run with seeded random weights, labelled "untrained" everywhere
 DEEP_FLAGS ?= --allow-untrained
@@ -55,7 +60,10 @@ demo: $(STAMP)
 	time $(PY) analyze/classify.py --results $(RESULTS) --protocol $(PROTOCOL) --workers $(WORKERS)
 	time $(PY) analyze/harmonize.py --results $(RESULTS) --workers $(WORKERS)
 	time $(PY) analyze/image_metrics.py --results $(RESULTS) --workers $(WORKERS) --scanner-shrink $(SCANNER_SHRINK)
-	time $(PY) analyze/dose_effects.py --results $(RESULTS)
+	time $(PY) analyze/dose_effects.py --results $(RESULTS) --workers $(WORKERS)
+	time $(PY) segmentation/train_builtin.py --out $(SEG_WEIGHTS) --workers $(WORKERS)
+	time $(PY) segmentation/train_denoiser.py --out $(DENOISER_WEIGHTS) --workers $(WORKERS)
+	time $(PY) segmentation/dose_robustness.py --data $(TWIN) --results $(RESULTS) --builtin-weights $(SEG_WEIGHTS) --cnn-weights $(DENOISER_WEIGHTS) --workers $(WORKERS)
 	$(PY) analyze/report.py --results $(RESULTS)
 
 test: $(STAMP)
