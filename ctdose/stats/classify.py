@@ -397,13 +397,6 @@ def classify_extractor(table: FeatureTable, settings: ClassifySettings) -> dict[
                               for j in jobs]).get(table.name, {})
 
 
-def classify_job(job: tuple[FeatureTable, ClassifySettings, int]) -> dict[str, pd.DataFrame]:
-    """:func:`classify_extractor` with torch and BLAS limited to ``threads`` (one process, one extractor)."""
-    table, settings, threads = job
-    jobs = split_jobs(table, settings, threads)
-    return gather_jobs(jobs, [run_split_job(j) for j in jobs]).get(table.name, {})
-
-
 @dataclass
 class ClassifySummary:
     """The tables of the classification step (long format, an ``extractor`` column in each).
