@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import random
 from pathlib import Path
 
@@ -160,3 +161,19 @@ def test_frames_take_their_geometry_and_rescale_from_the_functional_groups():
         np.testing.assert_array_equal(frame.pixel_array, source.pixel_array[k])
     single = pydicom.dcmread(REALDATA / "dcmqi/ct-3slice/01.dcm")
     assert ct_frames(single) == [single]
+
+
+def test_template_ct_writer_writes_the_same_files_as_building_every_slice(tmp_path):
+    rng = np.random.default_rng(0)
+    vol = Volume(rng.normal(0, 400, (5, 12, 10)).astype(np.float32), origin=np.array([-3.5, 7.25, -12.0]),
+                 spacing=np.array([0.68359375, 0.7, 1.25]))
+    meta = CTSeriesMeta(manufacturer="GE MEDICAL SYSTEMS", model="Revolution Apex", kvp=120.0, tube_current_ma=211.3,
+                        exposure_mas=103.0, ctdivol=6.0, kernel="STANDARD", slice_thickness=2.5,
+                        series_description="E2 test", series_uid="1.2.826.0.1.3680043.8.498.77",
+                        study_uid="1.2.3.4", frame_of_reference_uid="1.2.3.5",
+                        series_datetime=datetime.datetime(2024, 3, 5, 9, 1, 2), series_number=301, station="E2")
+    ref = write_ct_series(vol, tmp_path / "ref", meta, per_slice=True)
+    fast = write_ct_series(vol, tmp_path / "fast", meta)
+    assert [p.name for p in fast] == [p.name for p in ref] == [f"CT{k:04d}.dcm" for k in range(1, 6)]
+    assert all(a.read_bytes() == b.read_bytes() for a, b in zip(ref, fast))
+    assert sorted(p.name for p in (tmp_path / "fast").iterdir()) == [p.name for p in ref]  # no temporary left

@@ -34,14 +34,13 @@ import torch
 from pydicom.uid import generate_uid
 
 from ctdose.atomic import write_json
-from ctdose.dicom_io import CTSeriesMeta
+from ctdose.dicom_io import CTSeriesMeta, write_ct_series
 from ctdose.naming import RECONS, ROI_NAMES, format_series_name
 from ctdose.parallel import parallel_map
 from ctdose.provenance import file_sha256, write_sidecar
 from ctdose.seg import write_seg
 from ctdose.twin import phantom as ph
 from ctdose.twin import imaging
-from ctdose.twin.dicom_writer import write_ct_series_fast
 from ctdose.twin.presets import Preset
 from ctdose.twin.recon import denoise
 from ctdose.twin.scanners import MU_WATER_PER_MM, SCANNERS, ScannerProfile, choices_path, get_scanner
@@ -280,7 +279,7 @@ def _write_series(out: Path, s: dict[str, Any], volume: Volume, rois: np.ndarray
         frame_of_reference_uid=s["frame_of_reference_uid"], series_datetime=s["series_datetime"],
         series_number=s["series_number"], station=profile.code,
     )
-    files = write_ct_series_fast(volume, tmp, meta)
+    files = write_ct_series(volume, tmp, meta)
     if rois.any():  # a grid away from the liver segment (e.g. the test patterns) has no ROI to segment
         write_seg(files, rois, tmp / "SEG.dcm")
     final.parent.mkdir(parents=True, exist_ok=True)
