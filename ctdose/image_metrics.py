@@ -255,7 +255,11 @@ def rmse(a: np.ndarray, b: np.ndarray, region: np.ndarray | None = None) -> floa
 
 def psnr(a: np.ndarray, b: np.ndarray, region: np.ndarray | None = None, peak: float = PSNR_PEAK_HU) -> float:
     """20 log10(peak / RMSE) dB (MONAI's ``PSNRMetric(max_val=peak)``); ``inf`` for identical images."""
-    err = rmse(a, b, region)
+    return psnr_from_rmse(rmse(a, b, region), peak)
+
+
+def psnr_from_rmse(err: float, peak: float = PSNR_PEAK_HU) -> float:
+    """20 log10(peak / err) dB for an RMSE ``err`` (HU); ``inf`` when it is 0."""
     return float("inf") if err == 0 else float(20.0 * np.log10(peak / err))
 
 
@@ -346,7 +350,7 @@ def compare_volumes(series: Volume, series_transform: sitk.Transform | None, ref
                          f"a smaller bin-shrink factor than {shrink} leaves more: --scanner-shrink / "
                          "--dose-shrink)") from None
     err = rmse(moved, ref, counted)  # once: psnr() would compute it again
-    return {"rmse_hu": err, "psnr_db": float("inf") if err == 0 else float(20.0 * np.log10(PSNR_PEAK_HU / err)),
+    return {"rmse_hu": err, "psnr_db": psnr_from_rmse(err),
             "ssim": ssim_value, "n_voxels": int(counted.sum()),
             "uncovered_fraction": float(1.0 - counted.sum() / inside.sum()), "resampled": resampled}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ctdose.layout import ResultsLayout
 from ctdose.report import Section, _read_table
+from ctdose.segmentation.interface import SIMULATED_CONTRAST
 
 
 def _labelled(names: list[str]) -> str:
@@ -56,11 +57,11 @@ def segmentation_section(layout: ResultsLayout) -> Section:
         wide = wide[list(by_phase["denoiser"].drop_duplicates())].reset_index()
         n = by_phase.groupby(["segmenter", "contrast"])["n_scans"].max()
         wide.insert(2, "n_scans", [int(n[key]) for key in zip(wide["segmenter"], wide["contrast"])])
-        simulated = "simulated" in " ".join(by_phase["contrast"].astype(str))
+        simulated = SIMULATED_CONTRAST in set(by_phase["contrast"].astype(str))
         sec.tables.append((f"Table 2 by contrast phase: Dice / HD95 at "
                            f"{100 * float(by_phase['dose_fraction'].iloc[0]):.0f} % dose against the full-dose "
                            f"prediction of the same phase, median ± MAD over scans"
-                           + (" ('contrast (simulated)': the same acquisitions with +60 HU liver and +180 HU "
+                           + (f" ('{SIMULATED_CONTRAST}': the same acquisitions with +60 HU liver and +180 HU "
                               "vessel tubes added, ctdose.twin_qc, so both phases carry the same noise)"
                               if simulated else ""), wide))
     fails = sec.table(record, layout.segmentation_failures)
@@ -76,7 +77,7 @@ def segmentation_section(layout: ResultsLayout) -> Section:
     gt = rows[(rows["reference"] == "ground_truth") & (rows["dose_fraction"] == rows["dose_fraction"].max())
               & (rows["denoiser"] == "none")]
     if "contrast" in gt.columns:  # the series as acquired (not the simulated contrast copies)
-        gt = gt[gt["contrast"].astype(str) != "contrast (simulated)"]
+        gt = gt[gt["contrast"].astype(str) != SIMULATED_CONTRAST]
     if len(gt):
         present = gt[gt["ref_voxels"] > 0]
         acc = present.groupby(["segmenter", "label_name"], sort=False)["dice"].median().unstack("label_name")

@@ -16,6 +16,10 @@ from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 
+#: ``contrast`` of a row (the series' phase): a twin series, a series without a catalog label, and a
+#: simulated contrast-enhanced copy (``ctdose.segmentation.robustness``; the report tells them apart).
+NATIVE, UNKNOWN_PHASE, SIMULATED_CONTRAST = "native", "unknown", "contrast (simulated)"
+
 
 @runtime_checkable
 class Segmenter(Protocol):

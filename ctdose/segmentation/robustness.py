@@ -57,7 +57,7 @@ import pandas as pd
 from ctdose.atomic import atomic_path, write_csv
 from ctdose.csv_io import read_csv
 from ctdose.segmentation.denoise import get_denoiser
-from ctdose.segmentation.interface import Segmenter
+from ctdose.segmentation.interface import NATIVE, SIMULATED_CONTRAST, UNKNOWN_PHASE, Segmenter
 from ctdose.segmentation.ladder import DOSE_FRACTIONS, dose_ladder, find_twin
 from ctdose.segmentation.metrics import METRIC_COLUMNS, label_metrics
 
@@ -67,8 +67,6 @@ SERIES_COLUMNS: tuple[str, ...] = ("series_uid", "series", "scanner", "repetitio
 ROW_COLUMNS: tuple[str, ...] = (*SERIES_COLUMNS, "segmenter", "denoiser", "dose_fraction", "dose_mgy",
                                 "reference", "ladder_method", *METRIC_COLUMNS)
 REFERENCES = ("full_dose", "ground_truth")
-#: ``contrast`` of a twin series, of a series without a catalog label, and of a simulated contrast copy.
-NATIVE, UNKNOWN_PHASE, SIMULATED_CONTRAST = "native", "unknown", "contrast (simulated)"
 #: Logarithmic r_eff bin edges (mm) of Fig. 5.
 RADIUS_EDGES_MM: tuple[float, ...] = (2.0, 4.0, 8.0, 12.0, 19.0, 30.0, 50.0, 80.0, 130.0, 210.0)
 

@@ -53,10 +53,10 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         bs = n if not self.batch_size else min(int(self.batch_size), n)
         # full batch: the rows copied once in the order and memory layout the batches always had (the
         # loop indexed X by arange(n) every epoch: the same copy, made 100 times)
-        full = [(Xt[torch.arange(n)], yt[torch.arange(n)])]
+        full = [(Xt[torch.arange(n)], yt[torch.arange(n)])] if bs >= n else None
         self.model_.train()
         for _ in range(int(self.epochs)):
-            if bs >= n:
+            if full is not None:
                 batches = full
             else:
                 order = torch.randperm(n, generator=gen)
