@@ -131,11 +131,16 @@ def _flag(values: pd.Series) -> pd.Series:
     return values.astype(str).str.lower() == "true"
 
 
+def tolerance(paper_mean: Any, paper_sd: Any) -> Any:
+    """The aim's half-width of a published cell (scalars or arrays): ``max(SD_FACTOR sd, REL_TOLERANCE |mean|)``."""
+    return np.maximum(SD_FACTOR * np.asarray(paper_sd, dtype=float), REL_TOLERANCE * np.abs(np.asarray(paper_mean, dtype=float)))
+
+
 def _judge(cells: pd.DataFrame) -> pd.DataFrame:
     """Add difference, tolerance, ratio, within (nullable bool) and status to merged cells."""
     has_twin, has_paper = cells["twin_mean"].notna(), cells["paper_mean"].notna()
     cells["difference"] = cells["twin_mean"] - cells["paper_mean"]
-    cells["tolerance"] = np.maximum(SD_FACTOR * cells["paper_sd"].fillna(0.0), REL_TOLERANCE * cells["paper_mean"].abs())
+    cells["tolerance"] = tolerance(cells["paper_mean"], cells["paper_sd"].fillna(0.0))
     cells["ratio"] = cells["twin_mean"] / cells["paper_mean"].where(cells["paper_mean"] != 0)
     within = cells["difference"].abs() <= cells["tolerance"]
     cells["within"] = pd.array([bool(w) if t and p else pd.NA for w, t, p in zip(within, has_twin, has_paper)],

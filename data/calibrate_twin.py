@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Calibrate the twin's own scanner choices against the dataset paper's Table 6 and Tables 3-5.
 
-Fits, per scanner, the FBP noise at 10 mGy and the electronic noise to Table 6 (RMSE of each dose vs
-14 mGy), and the CT-number offset, contrast scale and shading amplitude to Tables 3-5 (RMSE of every scanner pair at
+Fits, per scanner, the FBP noise at 10 mGy, the electronic noise and the IR / DL edge gain to Table 6
+(RMSE of each dose vs 14 mGy), and the CT-number offset, contrast scale and shading amplitude to Tables 3-5 (RMSE of every scanner pair at
 10 mGy after a 4x bin-shrink); see ctdose/twin/calibration.py for the models. Prints every fitted
 cell beside the published one (Table 6: within mean +- 2 sd or +-15 %; Tables 3-5: Spearman rho of
 the off-diagonal pairs) and, unless --dry-run, writes the fitted values into the twin's choices
@@ -51,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     fitted, rows = {}, []
     for code in tqdm([] if args.skip_noise else codes, desc="noise fit", unit="scanner"):
         cells = table6[table6["scanner"] == code]
-        targets = dict(zip(cells["dose_mgy"].astype(float), cells["rmse_mean"].astype(float)))
-        fitted[code], simulated = calibration.fit_noise(get_scanner(code), targets, preset, args.seed)
+        doses = cells["dose_mgy"].astype(float)
+        targets = dict(zip(doses, cells["rmse_mean"].astype(float)))
+        tolerances = dict(zip(doses, published.tolerance(cells["rmse_mean"], cells["rmse_sd"])))
+        fitted[code], simulated = calibration.fit_noise(get_scanner(code), targets, preset, args.seed, tolerances)
         rows += [{"scanner": code, "recon": "any", "dose_mgy": d, "rmse_hu_mean": v, "rmse_hu_sd": 0.0,
                   "psnr_db_mean": 20 * np.log10(2000.0 / v), "psnr_db_sd": 0.0, "ssim_mean": np.nan,
                   "ssim_sd": np.nan, "n": 1} for d, v in simulated.items()]
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         print(compared[["scanner", "dose_mgy", "metric", "twin_mean", "paper_mean", "paper_sd", "within"]]
               .to_string(index=False, float_format="{:.2f}".format))
         print(f"Table 6 cells within the aim: {int(compared['within'].sum())} of {len(compared)}")
+        print("fitted: " + ", ".join(f"{c} noise {p.noise_10mgy_hu:.2f} HU, electronic {p.electronic_noise_counts:.2f}, "
+                                     f"edge gain {p.ir_edge_gain:.3f}" for c, p in fitted.items()))
 
     all_codes = list(PROFILES)
     bins = calibration.twin_region_bins(preset, all_codes)
@@ -77,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     choices = pd.read_csv(choices_path(), dtype={"scanner": str}, keep_default_na=False).set_index("scanner")
     for code, profile in fitted.items():
-        choices.loc[code, ["noise_10mgy_hu", "electronic_noise_counts"]] = (
-            profile.noise_10mgy_hu, profile.electronic_noise_counts)
+        choices.loc[code, ["noise_10mgy_hu", "electronic_noise_counts", "ir_edge_gain"]] = (
+            profile.noise_10mgy_hu, profile.electronic_noise_counts, profile.ir_edge_gain)
     for code, (offset, scale, shading) in numbers.items():
         choices.loc[code, ["hu_offset", "hu_scale", "shading_hu"]] = (offset, scale, shading)
     write_csv(choices.reset_index(), choices_path())

@@ -15,10 +15,9 @@ from ctdose.naming import ROI_NAMES
 from ctdose.twin import imaging
 from ctdose.twin import phantom as ph
 from ctdose.twin.acquisition import add_electronic_noise, hu_to_mu
-from ctdose.twin.generate import calibrate, scan_grid
+from ctdose.twin.generate import calibrate, reconstruct, scan_grid
 from ctdose.twin.presets import get_preset
 from ctdose.twin.projector import ParallelBeam, fbp, project
-from ctdose.twin.recon import denoise
 from ctdose.twin.scanners import MU_WATER_PER_MM, get_scanner
 
 torch.set_num_threads(1)
@@ -104,7 +103,8 @@ def test_noise_follows_inverse_sqrt_dose_is_unbiased_and_independent_between_acq
 
 @pytest.mark.parametrize("code", ["A1", "D1"])
 def test_calibrated_liver_noise(code):
-    """FBP noise in normal liver equals the profile's 10 mGy value (10 %) on fresh noise, and IR / DL lower it."""
+    """FBP noise in normal liver equals the profile's 10 mGy value (10 %) on fresh noise, and IR / DL (with the
+    scanner's edge gain) lower it and keep its mean within 2 HU."""
     profile = dataclasses.replace(get_scanner(code), electronic_noise_counts=0.0)
     grid = scan_grid(get_preset("tiny"), profile)
     cal = calibrate(profile, grid)
@@ -119,8 +119,9 @@ def test_calibrated_liver_noise(code):
                                               np.random.default_rng(99))
     noise = float((noisy - clean)[normal].std())
     assert abs(noise / profile.noise_10mgy_hu - 1) < 0.10, (noise, profile.noise_10mgy_hu)
-    ir = denoise(noisy, "IR", noise, profile.ir_strength)
-    dl = denoise(noisy, "DL", noise, profile.ir_strength)
+    detail = imaging.edge_detail(clean, small.pixel_mm)
+    ir = reconstruct(noisy, "IR", profile, 10.0, detail)  # with the scanner's edge gain
+    dl = reconstruct(noisy, "DL", profile, 10.0, detail)
     res = {name: float((img - clean)[normal].std()) for name, img in (("IR", ir), ("DL", dl))}
     assert res["DL"] < res["IR"] < 0.85 * noise
     for img in (ir, dl):
@@ -165,3 +166,25 @@ def test_small_patches_hold_one_roi_only():
     assert set(small) == set(ROI_NAMES) and max(small.values()) == 0.0, small
     large = ph.other_roi_share((64, 64, 32))
     assert 0.0 < max(large.values()) < 0.25, large
+
+
+def test_ir_edge_detail_is_an_unsharp_mask_of_high_contrast_parts_that_leaves_the_rois():
+    """IR / DL edge detail equals scikit-image's unsharp mask of the image's part outside the soft-tissue
+    window (slice by slice, amount = gain), is zero inside every ROI and sums to ~0 over each slice (a
+    change of edges, not of CT numbers)."""
+    from skimage.filters import unsharp_mask
+
+    grid = dataclasses.replace(scan_grid(get_preset("tiny"), get_scanner("A1")), n_slices=4)
+    phantom = ph.build_phantom(grid, 0, ph.Pose(), 1, margin=imaging.SIGNAL_MARGIN)
+    signal = imaging.signal_image(phantom, get_scanner("A1"))
+    detail = imaging.edge_detail(signal, grid.pixel_mm)
+    high = signal - np.clip(signal, *imaging.EDGE_SOFT_TISSUE_HU)
+    assert np.abs(high).max() > 500  # the grid holds bone or air edges
+    gain, sigma_px = 1.3, imaging.EDGE_SIGMA_MM / grid.pixel_mm
+    reference = np.stack([unsharp_mask(h.astype(np.float64), radius=sigma_px, amount=gain, preserve_range=True)
+                          for h in high])
+    np.testing.assert_allclose(high + gain * detail, reference, atol=1e-3 * np.abs(high).max())
+    assert np.abs(detail[phantom.rois > 0]).max() < 0.5
+    # blurring keeps each slice's sum up to the border (mode nearest): the detail's mean is ~0 vs its rms
+    rms = float(np.sqrt(np.mean(detail ** 2)))
+    assert rms > 5 and np.abs(detail.mean(axis=(1, 2))).max() < 0.05 * rms

@@ -53,7 +53,7 @@ POSE_ROTATION_DEG = 1.5
 POSE_TRANSLATION_MM = (3.0, 3.0, 2.0)
 #: Version of the twin's simulation: bumped when a change alters the series it writes (a folder made
 #: by another version is refused, not mixed).
-TWIN_MODEL_VERSION = 2
+TWIN_MODEL_VERSION = 3
 #: Fixed date of the first scan (series date/times are derived from it).
 BASE_DATETIME = _dt.datetime(2024, 3, 4, 8, 0, 0)
 
@@ -125,6 +125,22 @@ def cached_calibration(folder: Path, profile: ScannerProfile, grid: ph.ScanGrid)
 def expected_noise_hu(profile: ScannerProfile, dose_mgy: float) -> float:
     """Calibrated FBP noise std (HU) in normal liver at a dose without electronic noise: noise_10mgy * sqrt(10 / dose)."""
     return profile.noise_10mgy_hu * float(np.sqrt(10.0 / dose_mgy))
+
+
+def reconstruct(fbp: np.ndarray, recon: str, profile: ScannerProfile, dose_mgy: float,
+                detail: np.ndarray | None) -> np.ndarray:
+    """Reconstruction ``recon`` of one acquisition from its FBP image (slices, rows, cols) HU float32.
+
+    FBP is the image itself; IR and DL denoise it (``recon.denoise`` at the dose's expected noise) and add
+    ``profile.ir_edge_gain`` times ``detail`` (``imaging.edge_detail`` of the scan's noise-free signal;
+    may be None when the gain is 0).
+    """
+    if recon == "FBP":
+        return fbp
+    image = denoise(fbp, recon, expected_noise_hu(profile, dose_mgy), profile.ir_strength)
+    if profile.ir_edge_gain:
+        image += np.float32(profile.ir_edge_gain) * detail
+    return image
 
 
 @dataclass(frozen=True)
@@ -217,7 +233,7 @@ def run_scan(job: ScanJob) -> dict[str, Any]:
     n_angles = imaging.n_angles_for(grid)
     s_index = list(SCANNERS).index(job.scanner)
     volume_geometry = {"origin": grid.origin, "spacing": grid.spacing}
-    series_records, signal, body, rois, roi_shading = [], None, None, None, None
+    series_records, signal, body, rois, roi_shading, detail = [], None, None, None, None, None
     for dose in sorted({s["dose_mgy"] for s in plan}):
         todo = [s for s in plan if s["dose_mgy"] == dose]
         photons = cal["photons_per_ray_per_mgy"] * dose
@@ -230,6 +246,7 @@ def run_scan(job: ScanJob) -> dict[str, Any]:
             shading = imaging.shading_image(phantom, profile)
             signal, rois = imaging.signal_image(phantom, profile, shading), phantom.rois
             roi_shading = imaging.roi_shading_hu(shading, rois)
+            detail = imaging.edge_detail(signal, grid.pixel_mm) if profile.ir_edge_gain else None
             del phantom, shading
             body = imaging.body_line_integrals(grid, pose, imaging.slab_positions(grid)[0], mu_w, n_angles)
         rng = np.random.default_rng([job.seed, s_index, job.rep, int(round(dose * 1000)), 2])
@@ -237,8 +254,7 @@ def run_scan(job: ScanJob) -> dict[str, Any]:
         for s in todo:
             if (out / s["name"]).is_dir():  # finished in an earlier run
                 continue
-            image = fbp if s["recon"] == "FBP" else denoise(fbp, s["recon"], expected_noise_hu(profile, dose),
-                                                            profile.ir_strength)
+            image = reconstruct(fbp, s["recon"], profile, dose, detail)
             _write_series(out, s, Volume(image, **volume_geometry), rois, profile)
     if roi_shading is None:  # every series was already written: the record alone is rebuilt
         phantom = ph.build_phantom(grid, job.texture_seed, pose, 1, margin=imaging.SIGNAL_MARGIN)
@@ -308,6 +324,8 @@ def ground_truth(preset: Preset, seed: int, texture_seed: int,
                               "W(f / cutoff) sinc(f)^4, plus the scanner's shading next to bone and edges "
                               "(scans[].roi_shading_hu: its mean over each ROI); slice sensitivity: a box "
                               "of the slice thickness",
+                    "ir_dl": "denoised FBP of the same counts (Huber smoothing, ir_strength) plus ir_edge_gain "
+                             "times the unsharp mask of the signal's part outside the soft-tissue window",
                     "noise": "every (scanner, dose, repetition) an independent acquisition: Poisson counts "
                              "through the whole body, log with bias correction, FBP of the noise",
                     "log": "p = log(I0 / (n + 1/2))",
