@@ -6,7 +6,7 @@ that a patch grid placed in reference space can be sampled straight from the ser
 scanners differ at most by an offset and a gain, which correlation ignores; Mattes mutual information
 is a setting), Euler 3D, a 3-level pyramid
 (both images block-averaged by 4, 2, 1 in-plane: the averaging is the smoothing), random sampling
-with a fixed seed, a fixed-image mask of the phantom (HU > -500), initialised by aligning the image
+with a fixed seed, a fixed-image mask of the phantom (HU > -500) away from the image's edges, initialised by aligning the image
 centers (geometry); regular-step gradient descent with rotations scaled by the field-of-view
 radius. Quality = Pearson correlation of the two images inside the phantom mask; when
 registration makes it worse the identity is kept and the reason recorded. The per-series step that
@@ -67,6 +67,12 @@ class RegistrationSettings:
     ``threads`` is fixed (not "all cores"): ITK's multi-threaded metric sums its random samples in
     per-thread partial sums, so another thread count gives another transform in the last digits.
     With one thread the result is the same with any number of workers and on any machine size.
+
+    ``border_mm``: the fixed mask leaves out a band this wide along the image's in-plane edges. Samples
+    that a transform moves out of the moving image are dropped, so near a cut edge the sample set
+    changes with the pose, and correlation favours poses that keep high-contrast structure cut by the
+    edge in view (measured on the twin's targeted 175 mm regions: up to 1.6 mm off at the ROIs without
+    the band, 0.45-0.75 mm with 20-30 mm). On a full 350 mm field of view the band is air.
     """
 
     seed: int = 0
@@ -76,15 +82,24 @@ class RegistrationSettings:
     iterations: tuple[int, ...] = (100, 60, 30)
     bins: int = 32
     threads: int = 1
+    border_mm: float = 20.0
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise ValueError(f"unknown registration metric {self.metric!r}; expected one of {', '.join(METRICS)}")
 
 
-def body_mask_image(image: sitk.Image) -> sitk.Image:
-    """uint8 SimpleITK mask of the phantom (:func:`ctdose.volume.body_mask`) on ``image``'s grid."""
-    mask = sitk.GetImageFromArray(body_mask(sitk.GetArrayViewFromImage(image)).astype(np.uint8))
+def body_mask_image(image: sitk.Image, border_mm: float = 0.0) -> sitk.Image:
+    """uint8 SimpleITK mask of the phantom (:func:`ctdose.volume.body_mask`) on ``image``'s grid,
+    less the voxels within ``border_mm`` of the image's in-plane edges (unless that leaves none)."""
+    inside = body_mask(sitk.GetArrayViewFromImage(image))
+    if border_mm > 0:
+        nx, ny = (int(np.ceil(border_mm / s)) for s in image.GetSpacing()[:2])
+        banded = np.zeros_like(inside)
+        banded[:, ny:inside.shape[1] - ny, nx:inside.shape[2] - nx] = inside[:, ny:inside.shape[1] - ny,
+                                                                            nx:inside.shape[2] - nx]
+        inside = banded if banded.any() else inside
+    mask = sitk.GetImageFromArray(inside.astype(np.uint8))
     mask.CopyInformation(image)
     return mask
 
@@ -147,7 +162,7 @@ def _register(fixed: Volume, moving: Volume, settings: RegistrationSettings) -> 
         for factor, percentage, max_iter in zip(settings.shrink_factors, settings.sampling_percentages,
                                                 settings.iterations):
             fixed_level = _shrink(fixed_image, factor)
-            mask_level = body_mask_image(fixed_level)
+            mask_level = body_mask_image(fixed_level, settings.border_mm)
             n_mask = max(1, int(sitk.GetArrayViewFromImage(mask_level).sum()))
             percentage = min(1.0, max(percentage, MIN_SAMPLES / n_mask))
             method = sitk.ImageRegistrationMethod()

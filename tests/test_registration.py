@@ -63,6 +63,19 @@ def test_quality_ignores_points_outside_the_moving_field_of_view():
                                             registration.body_mask_image(image)) == pytest.approx(1.0)  # r(x, x)
 
 
+def test_mask_leaves_out_the_band_along_the_in_plane_edges():
+    """The fixed mask drops the voxels within border_mm of the in-plane edges (not along z), keeps the
+    phantom mask elsewhere, and is the whole phantom mask again when the band would leave nothing."""
+    image = sitk.GetImageFromArray(np.zeros((4, 40, 50), np.float32))  # HU 0 everywhere: all phantom
+    image.SetSpacing((2.0, 1.0, 3.0))
+    band = sitk.GetArrayFromImage(registration.body_mask_image(image, border_mm=5.0)).astype(bool)
+    expected = np.zeros((4, 40, 50), bool)
+    expected[:, 5:35, 3:47] = True  # 5 rows of 1 mm, ceil(5 / 2) = 3 columns of 2 mm
+    np.testing.assert_array_equal(band, expected)
+    whole = sitk.GetArrayFromImage(registration.body_mask_image(image, border_mm=30.0)).astype(bool)
+    assert whole.all()
+
+
 def test_transform_file_round_trip(tmp_path):
     true = _known_transform()
     path = save_transform(true, tmp_path / "t" / "x.tfm")
