@@ -5,10 +5,6 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# glibc malloc keeps freed memory for reuse instead of returning each large array to the kernel (NumPy's
-# big temporaries are otherwise a fresh mmap each, paid in page faults): on this project's 2-core VMs one
-# demo twin scan took 42.6 s (22 s of it in the kernel) by default and 20.3 s with these (README, Speed)
-export GLIBC_TUNABLES := glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=17179869184
 
 # --- demo settings (override on the command line, e.g. `make demo DEMO_PATCHES=10`) ---
 RESULTS ?= results
