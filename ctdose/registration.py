@@ -6,9 +6,9 @@ that a patch grid placed in reference space can be sampled straight from the ser
 scanners differ at most by an offset and a gain, which correlation ignores; Mattes mutual information
 is a setting), Euler 3D, a 3-level pyramid
 (both images block-averaged by 4, 2, 1 in-plane: the averaging is the smoothing), random sampling
-with a fixed seed, a fixed-image mask of the phantom (HU > -500) away from the image's edges, initialised by aligning the image
-centers (geometry); regular-step gradient descent with rotations scaled by the field-of-view
-radius. Quality = Pearson correlation of the two images inside the phantom mask; when
+with a fixed seed, a fixed-image mask of the phantom (HU > -500) away from the image's edges,
+initialised by aligning the image centers (geometry); regular-step gradient descent with rotations
+scaled by the field-of-view radius. Quality = Pearson correlation of the two images inside the phantom mask; when
 registration makes it worse the identity is kept and the reason recorded. The per-series step that
 calls it lives in :mod:`ctdose.prepare`, transform files in :mod:`ctdose.transform_io`.
 """
