@@ -8,8 +8,8 @@ is a setting), Euler 3D, a 3-level pyramid
 (both images block-averaged by 4, 2, 1 in-plane: the averaging is the smoothing), random sampling
 with a fixed seed, a fixed-image mask of the phantom (HU > -500) away from the image's edges,
 initialised by aligning the image centers (geometry); regular-step gradient descent with rotations
-scaled by the field-of-view radius. Quality = Pearson correlation of the two images inside the phantom mask; when
-registration makes it worse the identity is kept and the reason recorded. The per-series step that
+scaled by the field-of-view radius. Quality = Pearson correlation of the two images inside the
+phantom mask; when registration makes it worse the identity is kept and the reason recorded. The per-series step that
 calls it lives in :mod:`ctdose.prepare`, transform files in :mod:`ctdose.transform_io`.
 """
 
@@ -95,9 +95,9 @@ def body_mask_image(image: sitk.Image, border_mm: float = 0.0) -> sitk.Image:
     inside = body_mask(sitk.GetArrayViewFromImage(image))
     if border_mm > 0:
         nx, ny = (int(np.ceil(border_mm / s)) for s in image.GetSpacing()[:2])
+        interior = (slice(None), slice(ny, inside.shape[1] - ny), slice(nx, inside.shape[2] - nx))
         banded = np.zeros_like(inside)
-        banded[:, ny:inside.shape[1] - ny, nx:inside.shape[2] - nx] = inside[:, ny:inside.shape[1] - ny,
-                                                                            nx:inside.shape[2] - nx]
+        banded[interior] = inside[interior]
         inside = banded if banded.any() else inside
     mask = sitk.GetImageFromArray(inside.astype(np.uint8))
     mask.CopyInformation(image)
