@@ -9,8 +9,9 @@ is a setting), Euler 3D, a 3-level pyramid
 with a fixed seed, a fixed-image mask of the phantom (HU > -500) away from the image's edges,
 initialised by aligning the image centers (geometry); regular-step gradient descent with rotations
 scaled by the field-of-view radius. Quality = Pearson correlation of the two images inside the
-phantom mask; when registration makes it worse the identity is kept and the reason recorded. The per-series step that
-calls it lives in :mod:`ctdose.prepare`, transform files in :mod:`ctdose.transform_io`.
+phantom mask; when registration makes it worse the identity is kept and the reason recorded. The
+per-series step that calls it lives in :mod:`ctdose.prepare`, transform files in
+:mod:`ctdose.transform_io`.
 """
 
 from __future__ import annotations
