@@ -13,6 +13,8 @@ import sys
 import warnings
 from typing import Callable
 
+from ctdose.memory import keep_freed_memory
+
 
 def os_error_line(error: OSError) -> str:
     """``results/x.csv: Read-only file system``: the file and the reason of an OSError."""
@@ -31,6 +33,7 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
     Returns ``main``'s status (0 for None). Exit status 1 for errors, 130 for Ctrl-C.
     """
     one_line_warnings()
+    keep_freed_memory()  # large temporaries reuse freed memory (:mod:`ctdose.memory`)
     try:
         return int(main(argv) or 0)
     except KeyboardInterrupt:

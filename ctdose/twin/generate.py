@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from pydicom.uid import generate_uid
 
 from ctdose.atomic import write_json
@@ -216,7 +215,6 @@ def run_scan(job: ScanJob) -> dict[str, Any]:
     Finished series are skipped; each dose's random stream is seeded by (seed, scanner, rep, dose), so
     a resumed run draws the same noise for the series it still writes.
     """
-    torch.set_num_threads(1)
     out = Path(job.out)
     record_path = out / ".jobs" / f"{job.key}.json"
     plan = series_plan(job)
