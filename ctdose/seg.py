@@ -74,21 +74,21 @@ def write_seg(ct_files: Sequence[str | Path], label_map: np.ndarray, out_path: s
             segment_number=number, segment_label=name, segmented_property_category=category,
             segmented_property_type=prop, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
         ))
-    seg_uid = series_uid or generate_uid(entropy_srcs=[ct_uid, "seg"])
+    seg_uid = series_uid or _seg_series_uid(ct_uid)
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=segment_map[label_map.astype(np.uint8)],
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=seg_uid,
-        series_number=int(sources[0].get("SeriesNumber", 1) or 1) + 1000,
+        series_number=_seg_series_number(sources[0]),
         sop_instance_uid=generate_uid(entropy_srcs=[seg_uid, "sop"]),
         instance_number=1,
         manufacturer="ctdose",
         manufacturer_model_name="ctdose",
         software_versions=__version__,
         device_serial_number="0",
-        series_description=f"SEG {sources[0].get('SeriesDescription', '')}"[:64],
+        series_description=_seg_series_description(sources[0]),
     )
     _make_deterministic(seg, sources[0], seg_uid)
     out_path = Path(out_path)
@@ -96,6 +96,80 @@ def write_seg(ct_files: Sequence[str | Path], label_map: np.ndarray, out_path: s
     with atomic_path(out_path) as tmp:
         seg.save_as(tmp)
     return out_path
+
+
+#: Attributes a SEG takes from its source CT (patient and study modules), beside UIDs and dates.
+_SOURCE_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                      "StudyID", "AccessionNumber", "ReferringPhysicianName")
+
+
+def _seg_series_uid(ct_uid: str) -> str:
+    return generate_uid(entropy_srcs=[ct_uid, "seg"])
+
+
+def _seg_series_number(source: pydicom.Dataset) -> int:
+    return int(source.get("SeriesNumber", 1) or 1) + 1000
+
+
+def _seg_series_description(source: pydicom.Dataset) -> str:
+    return f"SEG {source.get('SeriesDescription', '')}"[:64]
+
+
+def write_seg_like(template: str | Path, template_ct_files: Sequence[str | Path],
+                   ct_files: Sequence[str | Path], out_path: str | Path) -> Path:
+    """The SEG :func:`write_seg` writes for ``ct_files`` with the segments of ``template``, made from it.
+
+    ``template``: a SEG that :func:`write_seg` wrote (default series UID) for the CT slices
+    ``template_ct_files``; ``ct_files``: another series of the same slice geometry (same slice
+    positions, orientation, spacing and size), e.g. another dose or reconstruction of one twin scan.
+    The template's references to its CT (slices, series, study, frame of reference), its own UIDs,
+    series number and description, dates and patient / study attributes are replaced by those of
+    ``ct_files``: the same file as :func:`write_seg` gives (tests compare the bytes), about 10x faster
+    (no SEG is built, and the template's unchanged elements are copied as read). Raises ValueError
+    when the two series' geometries differ. Written atomically.
+    """
+    old = [pydicom.dcmread(f, stop_before_pixels=True) for f in template_ct_files]
+    new = [pydicom.dcmread(f, stop_before_pixels=True) for f in ct_files]
+    old_uid, new_uid = str(old[0].SeriesInstanceUID), str(new[0].SeriesInstanceUID)
+    old_geom, new_geom = slice_geometry(old, old_uid), slice_geometry(new, new_uid)
+    same = (old_geom.shape_zyx == new_geom.shape_zyx
+            and np.allclose(old_geom.origin, new_geom.origin, atol=1e-4)
+            and np.allclose(old_geom.spacing, new_geom.spacing, rtol=_SPACING_RTOL)
+            and np.allclose(old_geom.direction, new_geom.direction, atol=1e-6))
+    if not same:
+        raise ValueError(f"CT series {new_uid} does not share the slice geometry of {old_uid}: "
+                         f"write its SEG with write_seg")
+    seg = pydicom.dcmread(template)
+    seg_uid = _seg_series_uid(new_uid)
+    sop_uid = generate_uid(entropy_srcs=[seg_uid, "sop"])
+    mapping = {str(old[i].SOPInstanceUID): str(new[j].SOPInstanceUID)
+               for i, j in zip(old_geom.order, new_geom.order)}
+    for keyword in ("SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID"):
+        mapping[str(old[0][keyword].value)] = str(new[0][keyword].value)
+    mapping[str(seg.SeriesInstanceUID)], mapping[str(seg.SOPInstanceUID)] = seg_uid, sop_uid
+    _replace_uids(seg, mapping)
+    seg.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    seg.SeriesNumber = _seg_series_number(new[0])
+    seg.SeriesDescription = _seg_series_description(new[0])
+    for keyword in _SOURCE_ATTRIBUTES:
+        if keyword in seg:
+            seg[keyword].value = new[0].get(keyword, "")
+    _make_deterministic(seg, new[0], seg_uid)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_path) as tmp:
+        seg.save_as(tmp)
+    return out_path
+
+
+def _replace_uids(ds: pydicom.Dataset, mapping: dict[str, str]) -> None:
+    """Replace every UI value of ``ds`` (nested sequences too) found in ``mapping``, in place."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _replace_uids(item, mapping)
+        elif elem.VR == "UI" and elem.VM == 1 and str(elem.value) in mapping:
+            elem.value = mapping[str(elem.value)]
 
 
 def _make_deterministic(seg: hd.seg.Segmentation, source: pydicom.Dataset, seg_uid: str) -> None:
