@@ -12,7 +12,7 @@ import scipy.fft
 from ctdose.twin import generate
 from ctdose.twin import phantom as ph
 from ctdose.twin.acquisition import acquire_counts, add_electronic_noise, counts_to_line_integrals
-from ctdose.twin.imaging import GAUSSIAN_COUNTS_FROM, noise_sinograms
+from ctdose.twin.imaging import noise_sinograms
 from ctdose.twin.projector import ParallelBeam, _backprojector, fbp, ramp_filter
 from ctdose.twin.recon import huber_smooth
 from ctdose.twin.scanners import get_scanner
@@ -23,34 +23,16 @@ def _bits(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a).view(np.uint8)
 
 
-def _acquisition_steps(p: np.ndarray, photons: float, electronic: float, rng: np.random.Generator) -> np.ndarray:
-    """The noise of line integrals ``p`` through the exact acquisition steps (Poisson counts everywhere)."""
-    counts = add_electronic_noise(acquire_counts(p, photons, rng), electronic, rng)
-    return counts_to_line_integrals(counts, photons) - p
-
-
-def test_low_count_noise_equals_the_poisson_acquisition_steps_bit_for_bit():
-    p = np.random.default_rng(1).uniform(0.0, 7.0, (2, 6, 20)).astype(np.float32)  # one block of planes
-    photons = 0.9 * GAUSSIAN_COUNTS_FROM  # every ray below the threshold: some zeros, negative after electronic noise
+def test_noise_sinograms_equal_the_acquisition_steps_bit_for_bit():
+    p = np.random.default_rng(1).uniform(0.0, 7.0, (5, 6, 20)).astype(np.float32)
     for electronic in (0.0, 4.0):
-        steps = _acquisition_steps(p, photons, electronic, np.random.default_rng(7))
-        fast = noise_sinograms(p, photons, electronic, np.random.default_rng(7))
-        assert fast.dtype == steps.dtype == np.float32
-        assert np.array_equal(_bits(fast), _bits(steps))
-
-
-def test_high_count_noise_has_the_poisson_steps_mean_and_std():
-    """Rays at 60 and 30 000 expected counts (normal draws) and 20 (Poisson) side by side in each plane."""
-    photons, electronic, n = 3.0e4, 4.0, 200_000
-    lam = np.array([60.0, photons, 20.0])
-    p = np.broadcast_to(np.log(photons / lam).astype(np.float32), (4, n // 4, 3)).copy()
-    fast = noise_sinograms(p, photons, electronic, np.random.default_rng(1)).reshape(-1, 3)
-    exact = _acquisition_steps(p, photons, electronic, np.random.default_rng(2)).reshape(-1, 3)
-    se_diff = np.sqrt(2.0 / n) * exact.std(axis=0)  # of the difference of two independent means
-    skew_bias = 1.0 / (3.0 * lam**2)  # what the normal approximation leaves out of the mean
-    assert (np.abs(fast.mean(axis=0) - exact.mean(axis=0)) < 5 * se_diff + skew_bias).all()
-    # the std's relative standard error is 1 / sqrt(2 n) = 0.16 %: 1 % is 6 of them
-    np.testing.assert_allclose(fast.std(axis=0), exact.std(axis=0), rtol=0.01)
+        for photons in (3.0e4, 40.0):  # many counts; a few (some zeros, negative after electronic noise)
+            rng = np.random.default_rng(7)
+            steps = counts_to_line_integrals(add_electronic_noise(acquire_counts(p, photons, rng), electronic, rng),
+                                             photons) - p
+            fast = noise_sinograms(p, photons, electronic, np.random.default_rng(7))
+            assert fast.dtype == steps.dtype == np.float32
+            assert np.array_equal(_bits(fast), _bits(steps))
 
 
 def _huber_steps_with_arrays(hu: np.ndarray, noise: float, lam: float, delta: float, iterations: int) -> np.ndarray:

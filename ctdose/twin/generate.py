@@ -52,7 +52,7 @@ POSE_ROTATION_DEG = 1.5
 POSE_TRANSLATION_MM = (3.0, 3.0, 2.0)
 #: Version of the twin's simulation: bumped when a change alters the series it writes (a folder made
 #: by another version is refused, not mixed).
-TWIN_MODEL_VERSION = 4
+TWIN_MODEL_VERSION = 3
 #: Fixed date of the first scan (series date/times are derived from it).
 BASE_DATETIME = _dt.datetime(2024, 3, 4, 8, 0, 0)
 
@@ -346,8 +346,7 @@ def ground_truth(preset: Preset, seed: int, texture_seed: int,
                     "ir_dl": "denoised FBP of the same counts (Huber smoothing, ir_strength) plus ir_edge_gain "
                              "times the unsharp mask of the signal's part outside the soft-tissue window",
                     "noise": "every (scanner, dose, repetition) an independent acquisition: Poisson counts "
-                             "(their normal approximation from 50 expected counts) through the whole body, "
-                             "log with bias correction, FBP of the noise",
+                             "through the whole body, log with bias correction, FBP of the noise",
                     "log": "p = log(I0 / (n + 1/2))",
                     "electronic_noise": "per scanner (electronic_noise_counts), Gaussian per ray; "
                                         "not included in the noise calibration"},
