@@ -90,12 +90,7 @@ def write_seg(ct_files: Sequence[str | Path], label_map: np.ndarray, out_path: s
         device_serial_number="0",
         series_description=_seg_series_description(sources[0]),
     )
-    _make_deterministic(seg, sources[0], seg_uid)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_path) as tmp:
-        seg.save_as(tmp)
-    return out_path
+    return _save_seg(seg, sources[0], seg_uid, out_path)
 
 
 #: Attributes a SEG takes from its source CT (patient and study modules), beside UIDs and dates.
@@ -154,7 +149,13 @@ def write_seg_like(template: str | Path, template_ct_files: Sequence[str | Path]
     for keyword in _SOURCE_ATTRIBUTES:
         if keyword in seg:
             seg[keyword].value = new[0].get(keyword, "")
-    _make_deterministic(seg, new[0], seg_uid)
+    return _save_seg(seg, new[0], seg_uid, out_path)
+
+
+def _save_seg(seg: pydicom.Dataset, source: pydicom.Dataset, seg_uid: str, out_path: str | Path) -> Path:
+    """Stamp ``seg`` deterministically from its ``source`` CT slice (:func:`_make_deterministic`) and
+    write it atomically to ``out_path``."""
+    _make_deterministic(seg, source, seg_uid)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_path) as tmp:
@@ -172,7 +173,7 @@ def _replace_uids(ds: pydicom.Dataset, mapping: dict[str, str]) -> None:
             elem.value = mapping[str(elem.value)]
 
 
-def _make_deterministic(seg: hd.seg.Segmentation, source: pydicom.Dataset, seg_uid: str) -> None:
+def _make_deterministic(seg: pydicom.Dataset, source: pydicom.Dataset, seg_uid: str) -> None:
     """Replace what highdicom stamps from the clock or at random, so the same input gives the same file.
 
     Dates and times come from the source CT's series date/time; the dimension organisation UID is
