@@ -29,7 +29,8 @@ ALLOW_UNTRAINED = False      # no weights: seeded random init, marked "untrained
 DEVICE = "auto"              # auto (CUDA when available), cpu, cuda or cuda:N
 SEED = 0                     # torch seed, and the random init when untrained
 PATCHES_PER_ROI = None       # first K centers of each ROI (None: all of patch_centers.csv)
-BATCH_SIZE = 8               # patches per forward pass
+BATCH_SIZE = 2               # patches per forward pass; 2: a batch of 8 peaks above 2 GiB on the
+                             # CPU, where glibc hands memory back, and ran 3x slower per patch
 NAME = "swin"                # extractor name: features/swin.csv, feature columns swin_0000 ...
 DATASET = "ctdose"           # ctdose (phantom catalog + centres), ctorg or organmnist3d
 DATASET_PATH = ""            # CT-ORG folder or organmnist3d[_64].npz (with --dataset)

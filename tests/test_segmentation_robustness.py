@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from scipy import ndimage
 
 from ctdose.segmentation import denoise as dn
@@ -118,6 +119,29 @@ def test_dice_hd95_equal_independent_computation(shift):
     ref_dice, ref_hd = _reference_dice_hd95(a, b, spacing)
     assert dice == pytest.approx(ref_dice, abs=1e-6)
     assert hd == pytest.approx(ref_hd, abs=1e-4)
+
+
+def test_label_metrics_equal_monai():
+    """Every label's Dice and HD95 as MONAI's compute_dice / compute_hausdorff_distance give them."""
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+
+    spacing, shape = (2.0, 0.7, 0.8), (24, 60, 70)
+    ref, pred = np.zeros(shape, np.uint8), np.zeros(shape, np.uint8)
+    ref[_ellipsoid(shape, (12, 30, 35), (13, 31, 36))] = 1          # touches the volume's border
+    ref[_ellipsoid(shape, (12, 25, 30), (5, 10, 12))] = 2
+    ref[_ellipsoid(shape, (8, 40, 50), (3, 5, 6))] = 3
+    noise = ndimage.gaussian_filter(np.random.default_rng(3).normal(size=shape), 1.5)
+    pred[:] = np.where(np.abs(noise) > 0.12, 0, ref)               # a noisy copy: most surface shared
+    pred[_ellipsoid(shape, (12, 25, 31), (5, 11, 11))] = 2
+    pred[2:4, 5:8, 5:8] = 3                                          # a detached false positive
+    rows = label_metrics(pred, ref, spacing, {1: "body", 2: "liver", 3: "lesion", 4: "absent"})
+    for row in rows[:3]:
+        a = torch.from_numpy(pred == row["label"])[None, None].float()
+        b = torch.from_numpy(ref == row["label"])[None, None].float()
+        assert row["dice"] == pytest.approx(float(compute_dice(a, b, include_background=True)), abs=1e-6)
+        hd = float(compute_hausdorff_distance(a, b, include_background=True, percentile=95, spacing=list(spacing)))
+        assert hd > 0 and row["hd95_mm"] == pytest.approx(hd, rel=1e-5)
+    assert rows[3]["dice"] == 1.0 and rows[3]["hd95_mm"] == 0.0
 
 
 def test_empty_cases_and_r_eff():
