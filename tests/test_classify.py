@@ -241,6 +241,22 @@ def test_mlp_architecture_is_the_papers():
     assert [m.p for m in net if isinstance(m, nn.Dropout)] == [0.2, 0.2, 0.2]
 
 
+def test_mlp_dropout_is_inverted_dropout():
+    """The MLP's dropout layer: identity in eval mode; in training, each unit zeroed with probability p
+    (binomial count within 5 sd) and the others scaled by 1 / (1 - p), as torch.nn.Dropout."""
+    import torch
+
+    from ctdose.stats.mlp import Dropout
+
+    layer, x = Dropout(0.2), torch.full((200, 500), 3.0)
+    reference = torch.nn.Dropout(0.2)(x)
+    out = layer(x)
+    n, zeros = x.numel(), int((out == 0).sum())
+    assert abs(zeros - 0.2 * n) < 5 * (n * 0.2 * 0.8) ** 0.5
+    assert set(torch.unique(out).tolist()) == set(torch.unique(reference).tolist()) == {0.0, 3.0 / 0.8}
+    assert torch.equal(layer.eval()(x), x)
+
+
 def test_fits_in_chunks_on_workers_equal_the_plain_loop_over_the_whole_table(table):
     """analyze/classify.py's chunked jobs (columns constant over all rows dropped up front) give, per
     split, the accuracies of fitting the whole table's rows split by split (the pipeline's own filter)."""

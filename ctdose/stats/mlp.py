@@ -14,12 +14,27 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import nn
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (inverted: kept units scaled by 1 / (1 - p)) with its mask drawn by ``torch.rand``.
+
+    The same layer and the same distribution of masks; only the random stream differs. On the CPU,
+    ``nn.Dropout`` took 2.8 ms forward and backward for a 3000 x 100 batch and this 1.3 ms: its
+    ``bernoulli_`` masks were 43 % of an MLP fit's time, and the classification steps fit about a
+    thousand MLPs.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        return x * torch.rand_like(x).ge_(self.p).mul_(1.0 / (1.0 - self.p))  # mask: 1 / (1 - p) or 0
+
+
 def build_mlp(n_in: int, n_out: int, hidden: tuple[int, ...] = (100, 60, 30), dropout: float = 0.2) -> nn.Sequential:
     """Linear -> GELU -> Dropout blocks for each hidden width, then a linear output layer (logits)."""
     layers: list[nn.Module] = []
     width = n_in
     for h in hidden:
-        layers += [nn.Linear(width, h), nn.GELU(), nn.Dropout(dropout)]
+        layers += [nn.Linear(width, h), nn.GELU(), Dropout(dropout)]
         width = h
     layers.append(nn.Linear(width, n_out))
     return nn.Sequential(*layers)
