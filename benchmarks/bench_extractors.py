@@ -1,7 +1,8 @@
 """Benchmark of the feature extractors, ratios measured side by side in one run.
 
-* SwinUNETR and CT-FM: patches/s batched vs a per-patch loop (batch 1), on the CPU and, when there is
-  one, on the GPU (device reported). Patches are sampled from a phantom volume (the twin's noise-free
+* SwinUNETR and CT-FM: patches/s in batches of CPU_BATCHES (GPU_BATCHES on a GPU, when there is one;
+  device reported), each against a per-patch loop (batch 1). Run with the memory setting of every
+  ctdose process (``ctdose.memory``): on the CPU a batch whose peak passes 2 GiB is slower per patch. Patches are sampled from a phantom volume (the twin's noise-free
   phantom plus Gaussian noise) with ``sample_patches``, once per series as the extractors do; the
   sampling time is reported separately and included in the end-to-end rate.
 * PyRadiomics: per-series wall time of the extractor (DICOM read, sampling, PyRadiomics, partial CSV
@@ -30,6 +31,7 @@ import torch
 from ctdose.atomic import write_csv
 from ctdose.extractors import deep, driver, radiomics_features
 from ctdose.layout import ResultsLayout
+from ctdose.memory import keep_freed_memory
 from ctdose.naming import ROI_CLASSES, ROI_NAMES
 from ctdose.parallel import dask_client, parallel_map
 from ctdose.patches import sample_patches
@@ -40,8 +42,8 @@ from ctdose.volume import Volume
 PARAMS = str(Path(__file__).resolve().parents[1] / "radiomics" / "params.yaml")
 N_PATCHES = 16  # patches per network measurement (quick: 4)
 REPEATS = 2  # each timing repeated, best kept (quick: 1)
-CPU_BATCH = 8
-GPU_BATCH = 64
+CPU_BATCHES = (1, 2, 8)
+GPU_BATCHES = (1, 64)
 N_SERIES = 4  # radiomics series for the 1 vs 2 worker comparison (quick: 2)
 RADIOMICS_PATCHES_PER_ROI = 2  # quick: 1
 # --- end settings ---
@@ -82,9 +84,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bench_networks(volume: Volume, n: int, device: torch.device, batch: int, repeats: int) -> list[tuple]:
+def bench_networks(volume: Volume, n: int, device: torch.device, batches: tuple[int, ...], repeats: int
+                   ) -> list[tuple]:
     """(network, device, batch, sample s, embed s, end-to-end patches/s) rows; embed s = best of ``repeats``
-    (the batched and per-patch runs alternate, so a load spike on a shared machine hits both alike)."""
+    (the batch sizes' runs alternate, so a load spike on a shared machine hits them alike)."""
     xyz = jittered_centers(n)[["x_mm", "y_mm", "z_mm"]].to_numpy()
     t0 = time.perf_counter()
     # as the extractors do: one sampler call, on the GPU by grid_sample when there is one
@@ -95,9 +98,9 @@ def bench_networks(volume: Volume, n: int, device: torch.device, batch: int, rep
     deep.configure(device, 0)
     for name in ("swin", "ctfm"):
         net, _ = deep.build_network(name, None, allow_untrained=True, seed=0)
-        for b in (batch, 1):  # warm-up with both batch shapes (kernel selection, allocator)
+        for b in batches:  # warm-up with every batch shape (kernel selection, allocator)
             deep.embed_patches(net, patches[:min(b, n)], b, device)
-        best = {batch: np.inf, 1: np.inf}
+        best = {b: np.inf for b in batches}
         for _ in range(repeats):
             for b in best:
                 _sync(device)
@@ -183,9 +186,10 @@ def bench_radiomics(n_series: int, per_roi: int, repeats: int) -> dict[str, floa
 def report_networks(n: int, repeats: int) -> None:
     """Measure and print the network rows (CPU, and GPU when there is one)."""
     volume = phantom_volume(seed=0)
-    rows = bench_networks(volume, n, torch.device("cpu"), CPU_BATCH, repeats)
+    rows = bench_networks(volume, n, torch.device("cpu"), CPU_BATCHES, repeats)
     if torch.cuda.is_available():
-        rows += bench_networks(volume, max(n, 8 * GPU_BATCH), torch.device("cuda"), GPU_BATCH, max(repeats, 3))
+        rows += bench_networks(volume, max(n, 8 * max(GPU_BATCHES)), torch.device("cuda"), GPU_BATCHES,
+                               max(repeats, 3))
     print(f"\nnetworks ({n} patches of 64x64x32 from a {volume.array.shape} volume; "
           f"CPU threads {torch.get_num_threads()}"
           + (f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "; no GPU") + ")")
@@ -194,8 +198,9 @@ def report_networks(n: int, repeats: int) -> None:
         print(f"{name:8} {dev:6} {b:5d} {ts:9.3f} {te:8.2f} {rate:10.2f} {1 / rate:8.3f}")
     for name in ("swin", "ctfm"):
         for dev in sorted({r[1] for r in rows}):
-            batched, single = [r[5] for r in rows if r[0] == name and r[1] == dev]
-            print(f"{name} on {dev}: batched / per-patch speed = {batched / single:.2f}x")
+            rates = {r[2]: r[5] for r in rows if r[0] == name and r[1] == dev}
+            print(f"{name} on {dev}: speed / per-patch speed = "
+                  + ", ".join(f"{rate / rates[1]:.2f}x (batch {b})" for b, rate in rates.items() if b != 1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -208,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-radiomics", action="store_true", help="networks only")
     parser.add_argument("--skip-networks", action="store_true", help="radiomics only")
     args = parser.parse_args(argv)
+    keep_freed_memory()  # as every ctdose script's process (ctdose.cli.run_main)
     n = 4 if args.quick else args.patches
     n_series = 2 if args.quick else args.series
     per_roi = 1 if args.quick else RADIOMICS_PATCHES_PER_ROI
