@@ -121,6 +121,7 @@ def test_dice_hd95_equal_independent_computation(shift):
     assert hd == pytest.approx(ref_hd, abs=1e-4)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # MONAI about an argument it passes itself
 def test_label_metrics_equal_monai():
     """Every label's Dice and HD95 as MONAI's compute_dice / compute_hausdorff_distance give them."""
     from monai.metrics import compute_dice, compute_hausdorff_distance
