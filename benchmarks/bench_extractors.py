@@ -2,9 +2,10 @@
 
 * SwinUNETR and CT-FM: patches/s in batches of CPU_BATCHES (GPU_BATCHES on a GPU, when there is one;
   device reported), each against a per-patch loop (batch 1). Run with the memory setting of every
-  ctdose process (``ctdose.memory``): on the CPU a batch whose peak passes 2 GiB is slower per patch. Patches are sampled from a phantom volume (the twin's noise-free
-  phantom plus Gaussian noise) with ``sample_patches``, once per series as the extractors do; the
-  sampling time is reported separately and included in the end-to-end rate.
+  ctdose process (``ctdose.memory``): on the CPU a batch whose peak passes 2 GiB is slower per patch.
+  Patches are sampled from a phantom volume (the twin's noise-free phantom plus Gaussian noise) with
+  ``sample_patches``, once per series as the extractors do; the sampling time is reported separately
+  and included in the end-to-end rate.
 * PyRadiomics: per-series wall time of the extractor (DICOM read, sampling, PyRadiomics, partial CSV
   written) vs the sum of the pure PyRadiomics ``execute`` calls on the same patches (overhead %), and
   the speed-up of 2 Dask worker processes over 1 on the same series.

@@ -64,9 +64,10 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 def _directed_distances(from_surface: np.ndarray, to_surface: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """Distance (mm) of each voxel of ``from_surface`` to the nearest voxel of ``to_surface`` (both non-empty)."""
     alone = from_surface & ~to_surface
-    n_shared = int(from_surface.sum()) - int(alone.sum())
-    distances = np.zeros(n_shared + int(alone.sum()))
-    if n_shared < distances.size:
+    n_alone = int(alone.sum())
+    distances = np.zeros(int(from_surface.sum()))  # shared voxels: 0
+    n_shared = distances.size - n_alone
+    if n_alone:
         tree = cKDTree(np.argwhere(to_surface) * spacing)
         distances[n_shared:] = tree.query(np.argwhere(alone) * spacing, k=1)[0]
     return distances
@@ -117,7 +118,6 @@ def label_metrics(pred: np.ndarray, ref: np.ndarray, spacing_zyx_mm: tuple[float
         raise ValueError(f"label maps differ in shape: {pred.shape} vs {ref.shape}")
     names = dict(labels) if isinstance(labels, dict) else {int(v): str(v) for v in labels}
     voxel_ml = float(np.prod(spacing_zyx_mm)) / 1000.0
-    rows = []
     top = max([0, *names])
     pred_boxes, ref_boxes = (_label_boxes(m, top) for m in (pred, ref))
     rows = []
@@ -137,7 +137,7 @@ def label_metrics(pred: np.ndarray, ref: np.ndarray, spacing_zyx_mm: tuple[float
 
 
 def _label_boxes(label_map: np.ndarray, top: int) -> list[Box | None]:
-    """Bounding box of each label value 0..top in ``label_map`` (None where absent); values outside ignored."""
+    """Bounding box of each label value 0..top in ``label_map`` (index = value; None where absent, and
+    for 0); values outside 1..top ignored."""
     values = np.where((label_map > 0) & (label_map <= top), label_map, 0).astype(np.int64, copy=False)
-    found = ndimage.find_objects(values, max_label=top)
-    return [None, *found] + [None] * (top - len(found))
+    return [None, *ndimage.find_objects(values, max_label=top)]
