@@ -99,7 +99,7 @@ def dice_hd95(pred_mask: np.ndarray, ref_mask: np.ndarray,
     a, b = np.asarray(pred_mask, dtype=bool), np.asarray(ref_mask, dtype=bool)
     if a.shape != b.shape:
         raise ValueError(f"masks differ in shape: {a.shape} vs {b.shape}")
-    boxes = [ndimage.find_objects(m.view(np.uint8))[0] if m.any() else None for m in (a, b)]
+    boxes = [ndimage.find_objects(m.view(np.uint8), max_label=1)[0] for m in (a, b)]  # None: empty
     if boxes[0] is None and boxes[1] is None:
         return 1.0, 0.0
     box = _union_box(boxes, a.shape)
