@@ -21,8 +21,8 @@ import logging
 import multiprocessing
 import signal
 import threading
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import cloudpickle
 from tqdm.auto import tqdm
@@ -178,3 +178,22 @@ def _dask_map(func: Callable[[T], R], items: list[T], scheduler: str, desc: str,
             with contextlib.suppress(Exception):
                 client.cancel(futures)
             raise
+
+
+def prefetched(items: Sequence[T], load: Callable[[T], R]) -> Iterator[tuple[T, Future]]:
+    """``(item, future of load(item))`` in order; one background thread loads the next item meanwhile.
+
+    For a loop that reads a file (mostly Python, holding the GIL) and then computes with a library that
+    releases the GIL (torch): the next read overlaps the current computation. At most two loaded
+    items are alive. ``future.result()`` returns the load's value or raises its error. Leaving the loop
+    early cancels the loads not started.
+    """
+    pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+    try:
+        upcoming = pool.submit(load, items[0]) if items else None
+        for n, item in enumerate(items):
+            current = upcoming
+            upcoming = pool.submit(load, items[n + 1]) if n + 1 < len(items) else None
+            yield item, current
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

@@ -110,46 +110,72 @@ def _seg_series_description(source: pydicom.Dataset) -> str:
     return f"SEG {source.get('SeriesDescription', '')}"[:64]
 
 
+class SegStamp:
+    """A SEG that :func:`write_seg` wrote for one CT series, re-stamped for other series of its slice geometry.
+
+    ``template``: the SEG (default series UID) written for the CT slices ``template_ct_files``. The
+    template and its CT headers are read once; :meth:`write` then gives, for another series of the same
+    slice geometry (same slice positions, orientation, spacing and size; e.g. another dose or
+    reconstruction of one twin scan), the file :func:`write_seg` would write for it: references to the CT
+    (slices, series, study, frame of reference), the SEG's own UIDs, series number and description,
+    dates and patient / study attributes are replaced by those of the new series (tests compare the
+    bytes). About 10x faster than :func:`write_seg` for the first series, and 2.5x faster again for each
+    further one (no SEG is built, and the template's elements are parsed once).
+    """
+
+    def __init__(self, template: str | Path, template_ct_files: Sequence[str | Path]) -> None:
+        old = [pydicom.dcmread(f, stop_before_pixels=True) for f in template_ct_files]
+        self._uid = str(old[0].SeriesInstanceUID)
+        self._geometry = slice_geometry(old, self._uid)
+        self._slice_uids = [str(old[i].SOPInstanceUID) for i in self._geometry.order]
+        self._refs = {k: str(old[0][k].value) for k in ("SeriesInstanceUID", "StudyInstanceUID",
+                                                        "FrameOfReferenceUID")}
+        self._seg = pydicom.dcmread(template)
+        self._own = (str(self._seg.SeriesInstanceUID), str(self._seg.SOPInstanceUID))
+        # every single-valued UI element (nested sequences too), with the template's value
+        self._ui = [(elem, str(elem.value)) for elem in _ui_elements(self._seg)]
+
+    def write(self, ct_files: Sequence[str | Path], out_path: str | Path) -> Path:
+        """Write the SEG of the CT slices ``ct_files`` to ``out_path`` (atomically); returns the path.
+
+        Raises ValueError when the series' slice geometry differs from the template's.
+        """
+        new = [pydicom.dcmread(f, stop_before_pixels=True) for f in ct_files]
+        new_uid = str(new[0].SeriesInstanceUID)
+        old_geom, new_geom = self._geometry, slice_geometry(new, new_uid)
+        same = (old_geom.shape_zyx == new_geom.shape_zyx
+                and np.allclose(old_geom.origin, new_geom.origin, atol=1e-4)
+                and np.allclose(old_geom.spacing, new_geom.spacing, rtol=_SPACING_RTOL)
+                and np.allclose(old_geom.direction, new_geom.direction, atol=1e-6))
+        if not same:
+            raise ValueError(f"CT series {new_uid} does not share the slice geometry of {self._uid}: "
+                             f"write its SEG with write_seg")
+        seg = self._seg
+        seg_uid = _seg_series_uid(new_uid)
+        sop_uid = generate_uid(entropy_srcs=[seg_uid, "sop"])
+        mapping = {old: str(new[j].SOPInstanceUID) for old, j in zip(self._slice_uids, new_geom.order)}
+        for keyword, old in self._refs.items():
+            mapping[old] = str(new[0][keyword].value)
+        mapping[self._own[0]], mapping[self._own[1]] = seg_uid, sop_uid
+        for elem, original in self._ui:
+            elem.value = mapping.get(original, original)
+        seg.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        seg.SeriesNumber = _seg_series_number(new[0])
+        seg.SeriesDescription = _seg_series_description(new[0])
+        for keyword in _SOURCE_ATTRIBUTES:
+            if keyword in seg:
+                seg[keyword].value = new[0].get(keyword, "")
+        return _save_seg(seg, new[0], seg_uid, out_path)
+
+
 def write_seg_like(template: str | Path, template_ct_files: Sequence[str | Path],
                    ct_files: Sequence[str | Path], out_path: str | Path) -> Path:
-    """The SEG :func:`write_seg` writes for ``ct_files`` with the segments of ``template``, made from it.
+    """The SEG :func:`write_seg` writes for ``ct_files``, made from ``template`` (the SEG written for
+    ``template_ct_files``): ``SegStamp(template, template_ct_files).write(ct_files, out_path)``.
 
-    ``template``: a SEG that :func:`write_seg` wrote (default series UID) for the CT slices
-    ``template_ct_files``; ``ct_files``: another series of the same slice geometry (same slice
-    positions, orientation, spacing and size), e.g. another dose or reconstruction of one twin scan.
-    The template's references to its CT (slices, series, study, frame of reference), its own UIDs,
-    series number and description, dates and patient / study attributes are replaced by those of
-    ``ct_files``: the same file as :func:`write_seg` gives (tests compare the bytes), about 10x faster
-    (no SEG is built, and the template's unchanged elements are copied as read). Raises ValueError
-    when the two series' geometries differ. Written atomically.
+    Use :class:`SegStamp` directly to stamp several series from one template.
     """
-    old = [pydicom.dcmread(f, stop_before_pixels=True) for f in template_ct_files]
-    new = [pydicom.dcmread(f, stop_before_pixels=True) for f in ct_files]
-    old_uid, new_uid = str(old[0].SeriesInstanceUID), str(new[0].SeriesInstanceUID)
-    old_geom, new_geom = slice_geometry(old, old_uid), slice_geometry(new, new_uid)
-    same = (old_geom.shape_zyx == new_geom.shape_zyx
-            and np.allclose(old_geom.origin, new_geom.origin, atol=1e-4)
-            and np.allclose(old_geom.spacing, new_geom.spacing, rtol=_SPACING_RTOL)
-            and np.allclose(old_geom.direction, new_geom.direction, atol=1e-6))
-    if not same:
-        raise ValueError(f"CT series {new_uid} does not share the slice geometry of {old_uid}: "
-                         f"write its SEG with write_seg")
-    seg = pydicom.dcmread(template)
-    seg_uid = _seg_series_uid(new_uid)
-    sop_uid = generate_uid(entropy_srcs=[seg_uid, "sop"])
-    mapping = {str(old[i].SOPInstanceUID): str(new[j].SOPInstanceUID)
-               for i, j in zip(old_geom.order, new_geom.order)}
-    for keyword in ("SeriesInstanceUID", "StudyInstanceUID", "FrameOfReferenceUID"):
-        mapping[str(old[0][keyword].value)] = str(new[0][keyword].value)
-    mapping[str(seg.SeriesInstanceUID)], mapping[str(seg.SOPInstanceUID)] = seg_uid, sop_uid
-    _replace_uids(seg, mapping)
-    seg.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    seg.SeriesNumber = _seg_series_number(new[0])
-    seg.SeriesDescription = _seg_series_description(new[0])
-    for keyword in _SOURCE_ATTRIBUTES:
-        if keyword in seg:
-            seg[keyword].value = new[0].get(keyword, "")
-    return _save_seg(seg, new[0], seg_uid, out_path)
+    return SegStamp(template, template_ct_files).write(ct_files, out_path)
 
 
 def _save_seg(seg: pydicom.Dataset, source: pydicom.Dataset, seg_uid: str, out_path: str | Path) -> Path:
@@ -163,14 +189,16 @@ def _save_seg(seg: pydicom.Dataset, source: pydicom.Dataset, seg_uid: str, out_p
     return out_path
 
 
-def _replace_uids(ds: pydicom.Dataset, mapping: dict[str, str]) -> None:
-    """Replace every UI value of ``ds`` (nested sequences too) found in ``mapping``, in place."""
+def _ui_elements(ds: pydicom.Dataset) -> list[pydicom.DataElement]:
+    """Every single-valued UI element of ``ds``, nested sequences too (depth first, in file order)."""
+    found = []
     for elem in ds:
         if elem.VR == "SQ":
             for item in elem.value:
-                _replace_uids(item, mapping)
-        elif elem.VR == "UI" and elem.VM == 1 and str(elem.value) in mapping:
-            elem.value = mapping[str(elem.value)]
+                found += _ui_elements(item)
+        elif elem.VR == "UI" and elem.VM == 1:
+            found.append(elem)
+    return found
 
 
 def _make_deterministic(seg: pydicom.Dataset, source: pydicom.Dataset, seg_uid: str) -> None:

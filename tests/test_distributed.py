@@ -201,3 +201,33 @@ def test_ctrl_c_closes_the_local_cluster_and_prints_one_line(tmp_path):
         except (ProcessLookupError, PermissionError):
             continue
     assert left == []
+
+
+def test_prefetched_loads_the_next_item_while_the_current_one_is_used():
+    """Items come in order with their own loads; item n + 1's load starts before the loop body of item n
+    ends (it runs in another thread), never more than one ahead; a failed load raises at its result."""
+    started: list[tuple[int, int]] = []  # (item, how many loop bodies had finished when its load began)
+    finished_bodies = 0
+
+    def load(i: int) -> int:
+        started.append((i, finished_bodies))
+        if i == 3:
+            raise ValueError("series 3: CT folder is missing")
+        time.sleep(0.05)
+        return i * 10
+
+    from ctdose.parallel import prefetched
+
+    seen = []
+    for item, future in prefetched([0, 1, 2], load):
+        seen.append((item, future.result()))
+        time.sleep(0.1)  # the body outlasts the next load
+        assert started[-1][0] == min(item + 1, 2)  # the next load has started, none beyond it
+        finished_bodies += 1
+    assert seen == [(0, 0), (1, 10), (2, 20)]
+    assert [i for i, _ in started] == [0, 1, 2]
+    assert started[2][1] == 1  # item 2's load began while item 1's body ran
+    with pytest.raises(ValueError, match="series 3"):
+        for _, future in prefetched([3], load):
+            future.result()
+    assert list(prefetched([], load)) == []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -29,6 +30,7 @@ from tqdm.auto import tqdm
 from ctdose.datasets import input_range
 from ctdose.extractors import driver
 from ctdose.extractors.weights import LoadReport, read_state_dict, resolve_weights
+from ctdose.parallel import prefetched
 from ctdose.patches import sample_patches
 
 #: Module implementing each network (``build(seed)`` and ``load_weights(net, path)``).
@@ -116,10 +118,14 @@ def embed_patches(net: Network, patches: np.ndarray | torch.Tensor, batch_size: 
 
 
 def series_frame(job: driver.SeriesJob, net: Network, patch: driver.PatchSettings, batch_size: int,
-                 device: torch.device) -> pd.DataFrame:
+                 device: torch.device, loaded: Future | None = None) -> pd.DataFrame:
     """One series' rows: one sampler call cuts all its patches (float32, on the GPU when there is one,
-    else by the CPU kernel), then they are embedded in batches."""
-    volume, transform = driver.load_series(job)
+    else by the CPU kernel), then they are embedded in batches.
+
+    ``loaded``: a future of ``driver.load_series(job)`` already started (:func:`ctdose.parallel.prefetched`);
+    None loads it here.
+    """
+    volume, transform = driver.load_series(job) if loaded is None else loaded.result()
     centers = job.centers
     xyz = centers[["x_mm", "y_mm", "z_mm"]].to_numpy(float)
     batch = sample_patches(volume, xyz, transform, patch.size_xyz, patch.spacing_xyz,
@@ -202,10 +208,13 @@ def run(args: argparse.Namespace, name: str) -> str:
                       "hu_range": list(net.hu_range)}
     layout, jobs, patch = driver.prepare(args, name, value_settings)
     n_patches = len(jobs[0].centers)
-    with tqdm(total=len(jobs) * n_patches, desc=name, unit="patch") as bar:
-        for n, job in enumerate(jobs, start=1):
-            driver.run_job(job, lambda j: series_frame(j, net, patch, args.batch_size, device))
-            bar.set_postfix_str(f"series {n}/{len(jobs)}", refresh=False)
+    todo = [job for job in jobs if not driver.partial_is_current(job)]
+    with tqdm(total=len(jobs) * n_patches, initial=(len(jobs) - len(todo)) * n_patches, desc=name,
+              unit="patch") as bar:
+        # the next series is read from DICOM while the network embeds the current one's patches
+        for n, (job, loaded) in enumerate(prefetched(todo, driver.load_series), start=1):
+            driver.run_job(job, lambda j: series_frame(j, net, patch, args.batch_size, device, loaded))
+            bar.set_postfix_str(f"series {n}/{len(todo)}", refresh=False)
             bar.update(n_patches)
     settings = {**driver.selection_settings(args), "batch_size": args.batch_size, "device": str(device),
                 "seed": args.seed, "hu_range": list(net.hu_range),

@@ -37,7 +37,7 @@ from ctdose.dicom_io import CTSeriesMeta, write_ct_series
 from ctdose.naming import RECONS, ROI_NAMES, format_series_name
 from ctdose.parallel import parallel_map
 from ctdose.provenance import file_sha256, write_sidecar
-from ctdose.seg import write_seg, write_seg_like
+from ctdose.seg import SegStamp, write_seg
 from ctdose.twin import phantom as ph
 from ctdose.twin import imaging
 from ctdose.twin.presets import Preset
@@ -232,7 +232,7 @@ def run_scan(job: ScanJob) -> dict[str, Any]:
     s_index = list(SCANNERS).index(job.scanner)
     volume_geometry = {"origin": grid.origin, "spacing": grid.spacing}
     series_records, signal, body, rois, roi_shading, detail = [], None, None, None, None, None
-    seg_template: SegTemplate | None = None
+    seg_template: SegStamp | None = None
     for dose in sorted({s["dose_mgy"] for s in plan}):
         todo = [s for s in plan if s["dose_mgy"] == dose]
         photons = cal["photons_per_ray_per_mgy"] * dose
@@ -279,11 +279,11 @@ def _partial_dir(out: Path) -> Path:
 
 
 def _write_series(out: Path, s: dict[str, Any], volume: Volume, rois: np.ndarray, profile: ScannerProfile,
-                  seg_template: SegTemplate | None) -> SegTemplate | None:
+                  seg_template: SegStamp | None) -> SegStamp | None:
     """Write one CT series and its SEG into a temporary folder, then rename it into place.
 
-    ``seg_template``: a series of the same scan written before, with its SEG (the same ROIs on the
-    same grid): the SEG is then re-stamped from it (:func:`ctdose.seg.write_seg_like`, ~10x faster).
+    ``seg_template``: the SEG of a series of the same scan written before (the same ROIs on the same
+    grid), which stamps this series' SEG (:class:`ctdose.seg.SegStamp`, ~25x faster than building it).
     Returns the template for the scan's next series (None when no SEG was written).
     """
     final = out / s["name"]
@@ -305,20 +305,12 @@ def _write_series(out: Path, s: dict[str, Any], volume: Volume, rois: np.ndarray
     elif seg_template is None:
         write_seg(files, rois, tmp / "SEG.dcm")
     else:
-        write_seg_like(seg_template.seg, seg_template.ct_files, files, tmp / "SEG.dcm")
+        seg_template.write(files, tmp / "SEG.dcm")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(final)
     if seg_template is None and rois.any():
-        seg_template = SegTemplate(final / "SEG.dcm", [final / f.name for f in files])
+        seg_template = SegStamp(final / "SEG.dcm", [final / f.name for f in files])
     return seg_template
-
-
-@dataclass(frozen=True)
-class SegTemplate:
-    """A written series of a scan whose SEG the scan's other series re-stamp: the SEG and its CT files."""
-
-    seg: Path
-    ct_files: list[Path]
 
 
 def ground_truth(preset: Preset, seed: int, texture_seed: int,
