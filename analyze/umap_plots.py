@@ -23,17 +23,16 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
-from ctdose.atomic import write_csv
 from ctdose.cli import run_main
-from ctdose.features import EXTRACTORS, available_tables, load_tables
+from ctdose.features import EXTRACTORS, available_tables
 from ctdose.layout import ResultsLayout, repo_path
-from ctdose.plots import figure_files, paper_umap_figure, umap_panels
-from ctdose.protocols import get_protocol, parse_with_protocol
-from ctdose.provenance import is_current, read_sidecar, write_sidecar
-from ctdose.stats.embedding import (PAPER_FIGURES, PER_SCANNER_MODES, UMAPSettings, embed, embedding_frame,
-                                    paper_umaps)
+from ctdose.parallel import parallel_map
+from ctdose.plots import figure_files
+from ctdose.protocols import parse_with_protocol
+from ctdose.provenance import is_current, read_sidecar
+from ctdose.stats.embedding import PAPER_FIGURES, PER_SCANNER_MODES, UMAPSettings
+from ctdose.umap_job import UMAPJob, run_umap
 
 # --- settings ---
 RESULTS = "results"   # reads features/, writes analysis/umap/ (repo-relative)
@@ -41,6 +40,7 @@ SEED = 0              # UMAP random_state (fixes the layout; single-threaded)
 FIGURE_DOSE = 10.0    # dose (mGy) of the dataset paper's Figs. 5 and 6
 FIGURE_ROI = ""       # ROI of Fig. 5 ("" = the first ROI in the feature table)
 PER_SCANNER = "shared"  # UMAP per scanner: "shared" (all-rows embedding split by scanner) or "fit" (one per scanner)
+WORKERS = 1           # extractors embedded at once (worker processes; each UMAP is single-threaded)
 # n_neighbors, min_dist and epochs come from the --protocol preset (ctdose/protocols.py; default
 # toolkit: 100 / 1.0 / 1000) unless given as flags; fewer epochs is fine for a quick look
 # --- end settings ---
@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--per-scanner", choices=PER_SCANNER_MODES, default=PER_SCANNER,
                    help="UMAP per scanner: split the all-rows embedding (shared) or fit one per scanner (fit); "
                         "default: %(default)s")
+    p.add_argument("--workers", type=int, default=WORKERS,
+                   help="extractors embedded at once, in worker processes (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="recompute even if outputs are up to date")
     return parse_with_protocol(p, argv, lambda protocol: asdict(protocol.umap), "--n-neighbors --min-dist --epochs")
 
@@ -84,31 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     tables = available_tables(layout.root, args.extractors)
     if not tables:
         raise FileNotFoundError(f"no feature tables under {layout.features_dir}")
-    done = 0
-    for name, path in tqdm(tables.items(), desc="UMAP", unit="extractor"):
-        out, figures = layout.umap_table(name), figure_files(layout.umap_figure(name))
-        if not args.force and is_current(out, record, [path], figures + _paper_figures(layout, name)):
-            continue
-        table = load_tables(layout.root, [name])[name]
-        emb = embed(table, settings)
-        title = f"{name}{' (UNTRAINED weights)' if table.untrained else ''}"
-        umap_panels(emb, table.ident, title, layout.umap_figure(name))
-        captions, skipped = {}, {}
-        for fig in paper_umaps(table, emb, settings, args.figure_dose, args.figure_roi, args.per_scanner):
-            stem = layout.umap_paper_figure(name, fig.kind)
-            for f in figure_files(stem):  # a figure skipped now must not survive from an earlier run
-                f.unlink(missing_ok=True)
-            if fig.skipped:
-                skipped[fig.kind] = fig.skipped
-                continue
-            figures += paper_umap_figure(fig, title, stem)
-            captions[fig.kind] = fig.caption
-        write_csv(embedding_frame(table, emb), out)
-        write_sidecar(out, record, inputs=[path], outputs=figures,
-                      untrained=table.untrained, protocol_reproduces=get_protocol(args.protocol).reproduces,
-                      figure_captions=captions, figures_skipped=skipped)
-        done += 1
-    print(f"UMAP: {done} extractor(s) embedded, {len(tables) - done} up to date; figures in {layout.umap_dir}")
+    todo = [UMAPJob(str(layout.root), name, str(path), settings, record, args.protocol)
+            for name, path in tables.items()
+            if args.force or not is_current(layout.umap_table(name), record, [path],
+                                            figure_files(layout.umap_figure(name)) + _paper_figures(layout, name))]
+    parallel_map(run_umap, todo, workers=args.workers, desc="UMAP", unit="extractor")
+    print(f"UMAP: {len(todo)} extractor(s) embedded, {len(tables) - len(todo)} up to date; "
+          f"figures in {layout.umap_dir}")
     return 0
 
 

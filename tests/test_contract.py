@@ -132,6 +132,8 @@ def test_corrupt_sidecars(layout, capsys):
 
 
 def test_umap_skips_current_extractors_and_redoes_a_changed_one(layout, capsys, monkeypatch):
+    import ctdose.umap_job
+
     script = load_script("analyze/umap_plots.py")
     calls = []
 
@@ -139,7 +141,7 @@ def test_umap_skips_current_extractors_and_redoes_a_changed_one(layout, capsys, 
         calls.append(table.name)
         return np.random.default_rng(0).normal(size=(len(table.X), 2))
 
-    monkeypatch.setattr(script, "embed", fake_embed)
+    monkeypatch.setattr(ctdose.umap_job, "embed", fake_embed)  # in-process: the default --workers 1
     argv = ["--results", str(layout.root), "--epochs", "5"]
     assert run_main(script.main, argv) == 0 and sorted(calls) == ["cnn", "radiomics"]
     outputs = [layout.umap_table("radiomics"), *figure_files(layout.umap_figure("radiomics"))]
