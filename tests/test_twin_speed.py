@@ -73,6 +73,20 @@ def test_tiled_back_projection_equals_the_row_major_matrix_bit_for_bit():
     assert np.array_equal(_bits(fbp(sino, geom, 0.7, "hann", 0.8)), _bits(ref.astype(np.float32)))
 
 
+def test_back_projection_matrix_built_in_chunks_is_the_whole_array_build(monkeypatch):
+    import ctdose.twin.projector as projector
+
+    geom = ParallelBeam(64, 50, 64, (10, 5, 40, 36))
+    order = np.random.default_rng(4).permutation(40 * 36)
+    monkeypatch.setattr(projector, "MATRIX_CHUNK_PIXELS", 10**9)  # one chunk: every row at once
+    whole = projector._backprojection_matrix(geom, order)
+    monkeypatch.setattr(projector, "MATRIX_CHUNK_PIXELS", 7)  # chunks that split rows unevenly
+    chunked = projector._backprojection_matrix(geom, order)
+    for name in ("data", "indices", "indptr"):
+        assert np.array_equal(getattr(whole, name), getattr(chunked, name)), name
+    assert whole.shape == chunked.shape == (40 * 36, 50 * 64)
+
+
 def test_calibration_cache_is_kept_per_scanner_and_grid(tmp_path, monkeypatch):
     calls = []
 
