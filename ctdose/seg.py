@@ -119,8 +119,9 @@ class SegStamp:
     reconstruction of one twin scan), the file :func:`write_seg` would write for it: references to the CT
     (slices, series, study, frame of reference), the SEG's own UIDs, series number and description,
     dates and patient / study attributes are replaced by those of the new series (tests compare the
-    bytes). About 10x faster than :func:`write_seg` for the first series, and 2.5x faster again for each
-    further one (no SEG is built, and the template's elements are parsed once).
+    bytes). No SEG is built and the template is parsed once: 0.13 s per series of the demo's A1 scans,
+    where building one with :func:`write_seg` takes about 10x longer and a template read again for each
+    series (the former ``write_seg_like``) 0.26 s.
     """
 
     def __init__(self, template: str | Path, template_ct_files: Sequence[str | Path]) -> None:

@@ -13,7 +13,7 @@ from pydicom.pixels import pack_bits
 from conftest import phantom_volume
 from ctdose.naming import ROI_NAMES
 from ctdose.rois import load_rois
-from ctdose.seg import read_seg_label_map, read_seg_masks, write_seg, write_seg_like
+from ctdose.seg import SegStamp, read_seg_label_map, read_seg_masks, write_seg, write_seg_like
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason=f"no {REALDATA}")
@@ -47,6 +47,18 @@ def test_seg_written_like_another_series_is_the_file_write_seg_gives(tmp_path, m
     assert like.read_bytes() == second.seg_path.read_bytes()
     label_map, _ = read_seg_label_map(like, tmp_path / "b", second.meta.series_uid)
     np.testing.assert_array_equal(label_map, second.label_map)
+
+
+def test_one_seg_stamp_writes_several_series_each_as_write_seg_would(tmp_path, make_ct_series):
+    """The stamp keeps the template parsed and rewrites it in place: each series' SEG must still be the
+    bytes write_seg gives for it, in any order and again (nothing of an earlier series is left over)."""
+    first = make_ct_series(tmp_path / "a", dose=10, recon="IR", scan_id=11)
+    others = [make_ct_series(tmp_path / "b", dose=3, recon="FBP", scan_id=12, repetition=2, seed=4),
+              make_ct_series(tmp_path / "c", dose=1, recon="IR", scan_id=13, repetition=3, seed=5)]
+    stamp = SegStamp(first.seg_path, first.files)
+    for n, case in enumerate([*others, others[0], first]):
+        out = stamp.write(case.files, tmp_path / f"stamped{n}.dcm")
+        assert out.read_bytes() == case.seg_path.read_bytes(), n
 
 
 def test_seg_written_like_a_series_on_another_grid_is_refused(tmp_path, make_ct_series):

@@ -283,7 +283,7 @@ def _write_series(out: Path, s: dict[str, Any], volume: Volume, rois: np.ndarray
     """Write one CT series and its SEG into a temporary folder, then rename it into place.
 
     ``seg_template``: the SEG of a series of the same scan written before (the same ROIs on the same
-    grid), which stamps this series' SEG (:class:`ctdose.seg.SegStamp`, ~25x faster than building it).
+    grid), which stamps this series' SEG (:class:`ctdose.seg.SegStamp`, about 20x faster than building it).
     Returns the template for the scan's next series (None when no SEG was written).
     """
     final = out / s["name"]
