@@ -106,6 +106,28 @@ def test_radiomics_patch_mode_equals_direct_pyradiomics_call():
     assert "radiomics_original_glcm_Contrast" in expected
 
 
+def test_radiomics_bin_edges_from_extremes_give_pyradiomics_own_edges_and_features(monkeypatch):
+    from radiomics import imageoperations
+
+    params = radiomics_features.load_params(PARAMS_YAML)  # installs the wrapper
+    fast = imageoperations.getBinEdges
+    original = fast.__wrapped__
+    assert fast is not original
+    rng = np.random.default_rng(7)
+    cases = [rng.normal(40, 60, 5000).astype(np.float32), np.full(30, 50.0), np.array([-1000.0, 2000.0, 3.0]),
+             rng.normal(0, 10, 999)]
+    for values in cases:
+        for kwargs in ({"binWidth": 25}, {"binWidth": 7.5}, {"binCount": 16}):
+            np.testing.assert_array_equal(fast(values, **kwargs), original(values, **kwargs))
+    # every feature of two patches, with the wrapper and with PyRadiomics' own function: the same numbers
+    patch = driver.PatchSettings((32, 32, 16), (0.6836, 0.6836, 2.0))
+    volume, centers = _volume(), _centers(1).head(2)
+    with_wrapper = radiomics_features.patch_frame(volume, None, centers, IDENTITY, params, patch)
+    monkeypatch.setattr(imageoperations, "getBinEdges", original)
+    pd.testing.assert_frame_equal(with_wrapper, radiomics_features.patch_frame(volume, None, centers, IDENTITY,
+                                                                               params, patch))
+
+
 def test_radiomics_roi_mode_one_row_per_roi():
     params = radiomics_features.load_params(PARAMS_YAML)
     volume = _volume(shape=(20, 40, 40))

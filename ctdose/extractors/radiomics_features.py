@@ -14,6 +14,7 @@ are PyRadiomics' names prefixed ``radiomics_`` (``radiomics_original_glcm_Contra
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ def make_extractor(params: dict[str, Any], source: str = "params"):
 
     radiomics.setVerbosity(logging.ERROR)
     logging.getLogger("radiomics").setLevel(logging.ERROR)  # no INFO/DEBUG records built per feature
+    use_bin_edges_from_extremes()
     logging.getLogger(pykwalify.core.__name__).setLevel(logging.CRITICAL)
     try:
         return RadiomicsFeatureExtractor(params)
@@ -65,6 +67,32 @@ def make_extractor(params: dict[str, Any], source: str = "params"):
         lines = [ln.strip(" -") for ln in str(err).splitlines() if "Key" in ln or "Value" in ln]
         detail = "; ".join(dict.fromkeys(lines)) or str(err).splitlines()[0]
         raise ValueError(f"{source}: invalid PyRadiomics settings: {detail}") from None
+
+
+@functools.cache
+def use_bin_edges_from_extremes() -> None:
+    """Make PyRadiomics' ``imageoperations.getBinEdges`` take the voxels' extremes with NumPy (once per process).
+
+    With a fixed ``binWidth`` the bin edges depend on the minimum and maximum of the ROI's grey levels
+    alone, and PyRadiomics takes them with Python's builtin ``min`` / ``max``: one Python step per voxel,
+    for each of the five texture classes of every patch (19 % of a demo patch's time, 0.44 of 2.35 CPU
+    seconds per series). The wrapper hands PyRadiomics' own function the two extremes found by
+    ``numpy.min`` / ``numpy.max``, so it computes the same edges from the same values; ``binCount`` (a
+    histogram of every value) and empty inputs go through unchanged. The original stays reachable as
+    ``getBinEdges.__wrapped__``; ``tests/test_extractors_units.py`` compares every feature with it.
+    """
+    from radiomics import imageoperations
+
+    original = imageoperations.getBinEdges
+
+    @functools.wraps(original)
+    def getBinEdges(parameterValues, **kwargs):  # noqa: N802, N803 (PyRadiomics' names)
+        values = np.asarray(parameterValues)
+        if kwargs.get("binCount") is None and values.size:
+            parameterValues = np.array([values.min(), values.max()], dtype=values.dtype)
+        return original(parameterValues, **kwargs)
+
+    imageoperations.getBinEdges = getBinEdges
 
 
 def patch_image(patch: np.ndarray, spacing_xyz: tuple[float, float, float]) -> sitk.Image:
