@@ -7,6 +7,9 @@ Results come back in input order. A task that raises stops the run with that tas
 clean exception (no remote traceback; see :func:`parallel_map`); Ctrl-C cancels the tasks and stops
 the worker processes before the KeyboardInterrupt goes on to the script.
 
+:func:`prefetched` is the in-process counterpart for a loop whose work releases the GIL (torch): the
+next item is loaded in one background thread while the current one is used.
+
 Why not a local Dask cluster: Dask runs tasks in worker threads, whose malloc arenas glibc shrinks
 after every large temporary; the kernel then zeroes the pages again on the next one. Measured on the
 demo twin (26 scans, 2 workers, 2-core VM): 5:31 to 7:57 wall on a local Dask cluster (a third to a
