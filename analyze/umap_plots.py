@@ -23,7 +23,6 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-
 from ctdose.cli import run_main
 from ctdose.features import EXTRACTORS, available_tables
 from ctdose.layout import ResultsLayout, repo_path

@@ -103,7 +103,8 @@ def _backprojection_matrix(geom: ParallelBeam, order: np.ndarray | None) -> sp.c
 
     Built MATRIX_CHUNK_PIXELS rows at a time into the final arrays: the temporaries of a chunk are a few
     MB and are reused, where whole-matrix temporaries (about 2 GB for the demo's region) cost seconds of
-    page faults on first touch (demo region: 8-12 s as whole arrays, 1.5 s in chunks, the same matrix).
+    page faults on first touch (demo region on the 2-core VM: 4-12 s as whole arrays, 0.4-5 s in chunks,
+    the same matrix; the spread is the VM's cost of fresh memory).
     """
     n, d = geom.n_pix, geom.n_det
     c, cd = n // 2, d // 2
