@@ -121,7 +121,7 @@ class SegStamp:
     dates and patient / study attributes are replaced by those of the new series (tests compare the
     bytes). No SEG is built and the template is parsed once: 0.13 s per series of the demo's A1 scans,
     where building one with :func:`write_seg` takes about 10x longer and a template read again for each
-    series (the former ``write_seg_like``) 0.26 s.
+    series (the template read again for each series, as before) 0.26 s.
     """
 
     def __init__(self, template: str | Path, template_ct_files: Sequence[str | Path]) -> None:
@@ -167,16 +167,6 @@ class SegStamp:
             if keyword in seg:
                 seg[keyword].value = new[0].get(keyword, "")
         return _save_seg(seg, new[0], seg_uid, out_path)
-
-
-def write_seg_like(template: str | Path, template_ct_files: Sequence[str | Path],
-                   ct_files: Sequence[str | Path], out_path: str | Path) -> Path:
-    """The SEG :func:`write_seg` writes for ``ct_files``, made from ``template`` (the SEG written for
-    ``template_ct_files``): ``SegStamp(template, template_ct_files).write(ct_files, out_path)``.
-
-    Use :class:`SegStamp` directly to stamp several series from one template.
-    """
-    return SegStamp(template, template_ct_files).write(ct_files, out_path)
 
 
 def _save_seg(seg: pydicom.Dataset, source: pydicom.Dataset, seg_uid: str, out_path: str | Path) -> Path:

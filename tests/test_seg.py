@@ -13,7 +13,7 @@ from pydicom.pixels import pack_bits
 from conftest import phantom_volume
 from ctdose.naming import ROI_NAMES
 from ctdose.rois import load_rois
-from ctdose.seg import SegStamp, read_seg_label_map, read_seg_masks, write_seg, write_seg_like
+from ctdose.seg import SegStamp, read_seg_label_map, read_seg_masks, write_seg
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
 needs_realdata = pytest.mark.skipif(not REALDATA.is_dir(), reason=f"no {REALDATA}")
@@ -43,7 +43,7 @@ def test_seg_written_like_another_series_is_the_file_write_seg_gives(tmp_path, m
     first = make_ct_series(tmp_path / "a", dose=10, recon="IR", scan_id=11)
     second = make_ct_series(tmp_path / "b", dose=3, recon="FBP", scan_id=12, repetition=2, seed=4)
     assert first.meta.study_uid != second.meta.study_uid  # the test exercises every reference
-    like = write_seg_like(first.seg_path, first.files, second.files, tmp_path / "like.dcm")
+    like = SegStamp(first.seg_path, first.files).write(second.files, tmp_path / "like.dcm")
     assert like.read_bytes() == second.seg_path.read_bytes()
     label_map, _ = read_seg_label_map(like, tmp_path / "b", second.meta.series_uid)
     np.testing.assert_array_equal(label_map, second.label_map)
@@ -67,7 +67,7 @@ def test_seg_written_like_a_series_on_another_grid_is_refused(tmp_path, make_ct_
     volume.origin = volume.origin + np.array([0.0, 0.0, 1.0])  # shifted by half a slice
     other = make_ct_series(tmp_path / "b", volume=volume, scan_id=2, with_seg=False)
     with pytest.raises(ValueError, match="does not share the slice geometry"):
-        write_seg_like(first.seg_path, first.files, other.files, tmp_path / "like.dcm")
+        SegStamp(first.seg_path, first.files).write(other.files, tmp_path / "like.dcm")
 
 
 def test_frame_order_does_not_matter(tmp_path, make_ct_series):

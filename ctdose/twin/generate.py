@@ -232,7 +232,7 @@ def run_scan(job: ScanJob) -> dict[str, Any]:
     s_index = list(SCANNERS).index(job.scanner)
     volume_geometry = {"origin": grid.origin, "spacing": grid.spacing}
     series_records, signal, body, rois, roi_shading, detail = [], None, None, None, None, None
-    seg_template: SegStamp | None = None
+    seg_stamp: SegStamp | None = None
     for dose in sorted({s["dose_mgy"] for s in plan}):
         todo = [s for s in plan if s["dose_mgy"] == dose]
         photons = cal["photons_per_ray_per_mgy"] * dose
@@ -254,7 +254,7 @@ def run_scan(job: ScanJob) -> dict[str, Any]:
             if (out / s["name"]).is_dir():  # finished in an earlier run
                 continue
             image = reconstruct(fbp, s["recon"], profile, dose, detail)
-            seg_template = _write_series(out, s, Volume(image, **volume_geometry), rois, profile, seg_template)
+            seg_stamp = _write_series(out, s, Volume(image, **volume_geometry), rois, profile, seg_stamp)
     if roi_shading is None:  # every series was already written: the record alone is rebuilt
         phantom = ph.build_phantom(grid, job.texture_seed, pose, 1, margin=imaging.SIGNAL_MARGIN)
         roi_shading = imaging.roi_shading_hu(imaging.shading_image(phantom, profile), phantom.rois)
@@ -279,12 +279,12 @@ def _partial_dir(out: Path) -> Path:
 
 
 def _write_series(out: Path, s: dict[str, Any], volume: Volume, rois: np.ndarray, profile: ScannerProfile,
-                  seg_template: SegStamp | None) -> SegStamp | None:
+                  seg_stamp: SegStamp | None) -> SegStamp | None:
     """Write one CT series and its SEG into a temporary folder, then rename it into place.
 
-    ``seg_template``: the SEG of a series of the same scan written before (the same ROIs on the same
+    ``seg_stamp``: the SEG of a series of the same scan written before (the same ROIs on the same
     grid), which stamps this series' SEG (:class:`ctdose.seg.SegStamp`, about 20x faster than building it).
-    Returns the template for the scan's next series (None when no SEG was written).
+    Returns the stamp for the scan's next series (None when no SEG was written).
     """
     final = out / s["name"]
     tmp = _partial_dir(out) / s["name"]
@@ -301,16 +301,16 @@ def _write_series(out: Path, s: dict[str, Any], volume: Volume, rois: np.ndarray
     )
     files = write_ct_series(volume, tmp, meta)
     if not rois.any():  # a grid away from the liver segment (e.g. the test patterns) has no ROI to segment
-        seg_template = None
-    elif seg_template is None:
+        seg_stamp = None
+    elif seg_stamp is None:
         write_seg(files, rois, tmp / "SEG.dcm")
     else:
-        seg_template.write(files, tmp / "SEG.dcm")
+        seg_stamp.write(files, tmp / "SEG.dcm")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp.rename(final)
-    if seg_template is None and rois.any():
-        seg_template = SegStamp(final / "SEG.dcm", [final / f.name for f in files])
-    return seg_template
+    if seg_stamp is None and rois.any():
+        seg_stamp = SegStamp(final / "SEG.dcm", [final / f.name for f in files])
+    return seg_stamp
 
 
 def ground_truth(preset: Preset, seed: int, texture_seed: int,
