@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         doses = cells["dose_mgy"].astype(float)
         targets = dict(zip(doses, cells["rmse_mean"].astype(float)))
         tolerances = dict(zip(doses, published.tolerance(cells["rmse_mean"], cells["rmse_sd"])))
-        fitted[code], simulated = calibration.fit_noise(get_scanner(code), targets, preset, args.seed, tolerances)
+        spreads = dict(zip(doses, cells["rmse_sd"].astype(float)))
+        fitted[code], simulated = calibration.fit_noise(get_scanner(code), targets, preset, args.seed, tolerances,
+                                                        spreads)
         rows += [{"scanner": code, "recon": "any", "dose_mgy": d, "rmse_hu_mean": v, "rmse_hu_sd": 0.0,
                   "psnr_db_mean": 20 * np.log10(2000.0 / v), "psnr_db_sd": 0.0, "ssim_mean": np.nan,
                   "ssim_sd": np.nan, "n": 1} for d, v in simulated.items()]
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
               .to_string(index=False, float_format="{:.2f}".format))
         print(f"Table 6 cells within the aim: {int(compared['within'].sum())} of {len(compared)}")
         print("fitted: " + ", ".join(f"{c} noise {p.noise_10mgy_hu:.2f} HU, electronic {p.electronic_noise_counts:.2f}, "
-                                     f"edge gain {p.ir_edge_gain:.3f}" for c, p in fitted.items()))
+                                     f"edge gain {p.ir_edge_gain:.3f}, edge jitter {p.edge_jitter_mm:.3f} mm"
+                                     for c, p in fitted.items()))
 
     all_codes = list(PROFILES)
     bins = calibration.twin_region_bins(preset, all_codes)
@@ -81,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     choices = pd.read_csv(choices_path(), dtype={"scanner": str}, keep_default_na=False).set_index("scanner")
     for code, profile in fitted.items():
-        choices.loc[code, ["noise_10mgy_hu", "electronic_noise_counts", "ir_edge_gain"]] = (
-            profile.noise_10mgy_hu, profile.electronic_noise_counts, profile.ir_edge_gain)
+        choices.loc[code, ["noise_10mgy_hu", "electronic_noise_counts", "ir_edge_gain", "edge_jitter_mm"]] = (
+            profile.noise_10mgy_hu, profile.electronic_noise_counts, profile.ir_edge_gain, profile.edge_jitter_mm)
     for code, (offset, scale, shading) in numbers.items():
         choices.loc[code, ["hu_offset", "hu_scale", "shading_hu"]] = (offset, scale, shading)
     write_csv(choices.reset_index(), choices_path())

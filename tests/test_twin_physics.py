@@ -188,3 +188,63 @@ def test_ir_edge_detail_is_an_unsharp_mask_of_high_contrast_parts_that_leaves_th
     # blurring keeps each slice's sum up to the border (mode nearest): the detail's mean is ~0 vs its rms
     rms = float(np.sqrt(np.mean(detail ** 2)))
     assert rms > 5 and np.abs(detail.mean(axis=(1, 2))).max() < 0.05 * rms
+
+
+def test_edge_jitter_moves_the_high_contrast_part_as_scipy_shift_does_and_leaves_the_rois():
+    """A uniform displacement field (0.3 px along x, 0.2 px along y) changes a smooth image (a bone-like
+    and an air-like blob in soft tissue) as moving its high-contrast part by that much does
+    (``scipy.ndimage.shift``, cubic spline), to within 10 % of the change's rms (first order with central
+    differences; the kink where the image leaves the soft-tissue window keeps it from being exact); zero
+    in soft tissue, and on the twin's phantom inside every ROI."""
+    yy, xx = np.mgrid[:96, :96].astype(np.float64)
+
+    def blob(cy: float, cx: float, s: float) -> np.ndarray:
+        return np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))
+
+    plane = 40.0 + 1400.0 * blob(30, 40, 6.0) - 1000.0 * blob(62, 58, 8.0)
+    signal = np.stack([plane, 0.8 * plane]).astype(np.float32)  # (2, 96, 96)
+    pixel_mm, dx_px, dy_px = 0.7, 0.3, 0.2
+    jitter_mm = np.hypot(dx_px, dy_px) * pixel_mm
+    field = np.zeros((2, *signal.shape), dtype=np.float32)
+    field[0], field[1] = dx_px * pixel_mm / jitter_mm, dy_px * pixel_mm / jitter_mm
+    change = imaging.edge_jitter(imaging.edge_gradient(signal, pixel_mm), field, jitter_mm)
+    high = (signal - np.clip(signal, *imaging.EDGE_SOFT_TISSUE_HU)).astype(np.float64)
+    expected = np.stack([ndimage.shift(h, (dy_px, dx_px), order=3, mode="nearest") for h in high]) - high
+    rms = float(np.sqrt(np.mean(expected ** 2)))
+    assert rms > 5.0
+    assert float(np.sqrt(np.mean((change - expected) ** 2))) < 0.1 * rms
+    inside = (signal >= imaging.EDGE_SOFT_TISSUE_HU[0]) & (signal <= imaging.EDGE_SOFT_TISSUE_HU[1])
+    soft = ndimage.binary_erosion(inside, np.ones((1, 3, 3), bool))  # with every in-plane neighbour
+    assert soft.sum() > 1000 and np.abs(change[soft]).max() == 0.0
+
+    profile = get_scanner("A1")
+    grid = dataclasses.replace(scan_grid(get_preset("tiny"), profile), n_slices=3)
+    phantom = ph.build_phantom(grid, 0, ph.Pose(), 1, margin=imaging.SIGNAL_MARGIN)
+    twin = imaging.signal_image(phantom, profile)
+    moved = imaging.edge_jitter(imaging.edge_gradient(twin, grid.pixel_mm),
+                                imaging.jitter_field(grid, np.random.default_rng(0)), 0.5)
+    assert np.abs(moved).max() > 50.0  # the grid holds bone or air edges
+    assert np.abs(moved[phantom.rois > 0]).max() == 0.0
+
+
+def test_jitter_field_is_a_smooth_unit_variance_field_with_the_gaussian_correlation():
+    """Pooled over 6 draws: mean ~0, variance ~1 (0.95 between nodes), x and y components and two draws
+    uncorrelated, and the correlation at an 8 mm lag that of Gaussian-smoothed white noise,
+    exp(-lag^2 / (4 sigma^2)) with sigma = JITTER_SMOOTH_NODES x JITTER_NODE_MM (linear interpolation
+    lowers it slightly)."""
+    grid = dataclasses.replace(scan_grid(get_preset("demo"), get_scanner("A1")), n_slices=40)
+    fields = [imaging.jitter_field(grid, np.random.default_rng(seed)) for seed in range(6)]
+    assert fields[0].shape == (2, 40, 256, 256) and fields[0].dtype == np.float32
+    values = np.stack(fields)  # (draws, 2, z, y, x)
+    assert abs(float(values.mean())) < 0.05
+    assert 0.85 < float(values.var()) < 1.1
+    assert abs(np.corrcoef(values[:, 0].ravel(), values[:, 1].ravel())[0, 1]) < 0.05
+    assert abs(np.corrcoef(values[0].ravel(), values[1].ravel())[0, 1]) < 0.05
+    lag_px = int(round(8.0 / grid.pixel_mm))
+    lag_mm = lag_px * grid.pixel_mm
+    a, b = values[..., :-lag_px].ravel(), values[..., lag_px:].ravel()
+    sigma_mm = imaging.JITTER_SMOOTH_NODES * imaging.JITTER_NODE_MM
+    expected = np.exp(-lag_mm ** 2 / (4 * sigma_mm ** 2))
+    assert abs(float(np.mean(a * b) / np.mean(values ** 2)) - expected) < 0.06, expected
+    # two draws of one seed are the same field (the twin's determinism)
+    np.testing.assert_array_equal(imaging.jitter_field(grid, np.random.default_rng(3)), fields[3])

@@ -2,16 +2,19 @@
 
 What is calibrated, and against what (the published tables are in ``ctdose/data/ct4h/``):
 
-* **Noise and IR / DL edges (Table 6).** Per scanner, the FBP noise at 10 mGy (sets the photons per
-  ray), the electronic noise (adds variance that grows as dose^-2, so the lowest doses get noisier than
-  dose^-0.5, as several scanners' 1 mGy cells show) and the IR / DL edge gain (``imaging.edge_detail``:
-  FBP and IR of one acquisition differ at high-contrast edges at every dose, the floor under the
-  paper's cells, which pair any reconstructions and fall more slowly than dose^-0.5). Table 6 is the
-  RMSE of each dose against the same scanner's 14 mGy series, any reconstruction, on the unmasked crop
-  (``image_metrics``). For independent acquisitions it is the noise of both series plus the edge
-  difference of the pairs of different reconstructions, ``RMSE(d)^2 = k R0(d)^2 + k^2 s^2 E(d) + g^2 G(d)``
-  (``fit_noise``): non-negative least squares in (k, k^2 s^2, g^2) on the aim's scale (each cell's
-  error over its tolerance, ``published.tolerance``). The fit is then re-simulated and the
+* **Noise, IR / DL edges and edge jitter (Table 6).** Per scanner, the FBP noise at 10 mGy (sets the
+  photons per ray; at least NOISE_MIN_10MGY_HU), the electronic noise (adds variance that grows as
+  dose^-2, so the lowest doses get noisier than dose^-0.5, as several scanners' 1 mGy cells show), the
+  IR / DL edge gain (``imaging.edge_detail``: FBP and IR of one acquisition differ at high-contrast
+  edges) and the edge jitter (``imaging.edge_jitter``: every acquisition moves the high-contrast edges
+  anew, so every pair differs there). Table 6 is the RMSE of each dose against the same scanner's
+  14 mGy series, any reconstruction, on the unmasked crop (``image_metrics``), averaged over pairs. The
+  paper's cells fall much more slowly than dose^-0.5 and vary little between pairs (sd 1.5-5 HU on
+  most cells): a floor that every pair carries, which the jitter gives and the edge gain, carried
+  only by pairs of different reconstructions, would give with a large spread. Per pair of
+  reconstructions ``MSE = k R0 + k^2 s^2 E + g^2 G + j^2 J`` (``fit_noise``), fitted on the aim's scale
+  (each cell's error over its tolerance, ``published.tolerance``) to each cell's bias and its spread
+  over the pairs the demo draws beyond the paper's sd. The fit is then re-simulated and the
   re-simulated cells are what the calibration reports.
 * **CT numbers between scanners (Tables 3-5).** Per scanner, an offset and a contrast scale of the HU
   axis and the amplitude of its shading (``imaging.shading_field``). After the paper's 4x bin-shrink,
@@ -54,103 +57,171 @@ from ctdose.twin.generate import calibrate, reconstruct, scan_grid
 from ctdose.twin.presets import Preset
 from ctdose.twin.scanners import MU_WATER_PER_MM, ScannerProfile, get_scanner
 
-#: Slices simulated per scanner for the noise fit (through the ROIs' plane).
-NOISE_SLICES = 8
+#: Slices simulated per scanner for the noise fit: blocks of contiguous slices spread over the z
+#: extent (``_noise_grids``).
+NOISE_BLOCKS = 8
+NOISE_BLOCK_SLICES = 2
 #: Electronic noise (counts) of the run that measures its effect.
 PROBE_ELECTRONIC_COUNTS = 20.0
+#: The least FBP noise (HU, normal liver, 10 mGy) the fit may choose: about what a 2 mm slice of a body
+#: this size gets at 10 mGy CTDIvol. Where the paper's cells are mostly floor (D1: 36.8 HU at 1 mGy,
+#: 28.5 at 10), Table 6 alone would let the noise go to zero.
+NOISE_MIN_10MGY_HU = 12.0
+#: The largest electronic noise the fit may choose (counts per ray and view; without a bound, noise
+#: growing as dose^-1 alone could stand for the photon noise).
+ELECTRONIC_BOUND_COUNTS = 30.0
 #: IR / DL edge gain of the run that measures its effect, and the largest gain the fit may choose.
 PROBE_EDGE_GAIN = 1.0
 EDGE_GAIN_BOUND = 1.5
+#: Edge jitter (mm) of the run that measures its effect, and the largest jitter the fit may choose.
+PROBE_JITTER_MM = 0.5
+JITTER_BOUND_MM = 1.0
+#: Pairs the demo draws per Table 6 cell (2 repetitions x FBP and IR): the fit weighs each cell's
+#: spread over the pairs by 1 / sqrt of it.
+DEMO_PAIRS = 4
 OFFSET_BOUND_HU = 50.0
 SCALE_BOUND = 0.10
 SHADING_BOUND_HU = 100.0
 REFERENCE_DOSE = 14.0
 
 
-def _noise_grid(preset: Preset, profile: ScannerProfile) -> ph.ScanGrid:
-    return dataclasses.replace(scan_grid(preset, profile), n_slices=NOISE_SLICES)
+def _noise_grids(preset: Preset, profile: ScannerProfile) -> list[ph.ScanGrid]:
+    """NOISE_BLOCKS blocks of NOISE_BLOCK_SLICES contiguous slices on the scanner's own thickness and
+    increment, spread evenly over the preset's z extent. Spread: the region's high-contrast edges sit
+    in a few structures, so one slice's jitter floor depends on the displacement field at a few places
+    (it varies by about 25 % between slices of one draw); blocks farther apart than the field's
+    correlation length average it. Contiguous: a slice averages thickness / increment noise
+    slabs, each with its own electronic noise, so the electronic part depends on the increment."""
+    grid = scan_grid(preset, profile)
+    first = grid.z_center_mm - preset.z_extent_mm / 2
+    return [dataclasses.replace(grid, n_slices=NOISE_BLOCK_SLICES,
+                                z_center_mm=first + (b + 0.5) * preset.z_extent_mm / NOISE_BLOCKS)
+            for b in range(NOISE_BLOCKS)]
+
+
+def dose_pair_mse(profile: ScannerProfile, preset: Preset, seed: int = 0) -> dict[float, np.ndarray]:
+    """Squared differences behind one scanner's Table 6 cells, on a few slices: {dose: (pairs,) HU^2}.
+
+    Each dose is an independent acquisition (its own noise and edge jitter) at the same placement; one
+    value per pair of reconstructions (each reconstruction at the dose x each at 14 mGy: FBP, IR, DL
+    where the collection has it, in that order), the mean squared difference of the clipped images
+    (``image_metrics.clip_hu``) over the whole region of the slices of ``_noise_grids``.
+    """
+    mu_w = MU_WATER_PER_MM[profile.kvp]
+    photons_per_mgy = calibrate(profile, scan_grid(preset, profile))["photons_per_ray_per_mgy"]  # as the twin
+    doses = [d for d in DOSE_LEVELS_MGY if d != REFERENCE_DOSE]
+    total = {float(d): 0.0 for d in doses}
+    voxels = 0
+    for block, grid in enumerate(_noise_grids(preset, profile)):
+        n_angles = imaging.n_angles_for(grid)
+        body = imaging.body_line_integrals(grid, ph.Pose(), imaging.slab_positions(grid)[0], mu_w, n_angles)
+        signal = imaging.signal_image(ph.build_phantom(grid, 0, ph.Pose(), preset.z_subsamples,
+                                                       margin=imaging.SIGNAL_MARGIN), profile)
+        detail = imaging.edge_detail(signal, grid.pixel_mm)
+        gradient = imaging.edge_gradient(signal, grid.pixel_mm) if profile.edge_jitter_mm else None
+        images = {}
+        for i, dose in enumerate(DOSE_LEVELS_MGY):
+            rng = np.random.default_rng([seed, i, 77, block])
+            fbp = signal + imaging.acquisition_noise(body, grid, profile, mu_w, photons_per_mgy * dose, rng)
+            if gradient is not None:
+                field = imaging.jitter_field(grid, np.random.default_rng([seed, i, 78, block]))
+                fbp += imaging.edge_jitter(gradient, field, profile.edge_jitter_mm)
+            images[dose] = [clip_hu(reconstruct(fbp, r, profile, dose, detail)) for r in profile.recons_at(dose)]
+        for d in doses:
+            pairs = itertools.product(images[d], images[REFERENCE_DOSE])
+            total[float(d)] += np.array([np.sum((a - ref) ** 2, dtype=np.float64) for a, ref in pairs])
+        voxels += signal.size
+    return {d: t / voxels for d, t in total.items()}
 
 
 def dose_rmse(profile: ScannerProfile, preset: Preset, seed: int = 0) -> dict[float, float]:
-    """Table 6 cells of one scanner on a few slices: RMSE (HU) of each dose vs 14 mGy, any reconstruction.
-
-    Each dose is an independent acquisition at the same placement; the RMSE is the root of the mean
-    squared difference over every pair of reconstructions (FBP, IR, DL where the collection has it),
-    on the clipped images (``image_metrics.clip_hu``) of the whole region.
-    """
-    grid = _noise_grid(preset, profile)
-    mu_w = MU_WATER_PER_MM[profile.kvp]
-    n_angles = imaging.n_angles_for(grid)
-    photons_per_mgy = calibrate(profile, grid)["photons_per_ray_per_mgy"]
-    body = imaging.body_line_integrals(grid, ph.Pose(), imaging.slab_positions(grid)[0], mu_w, n_angles)
-    signal = imaging.signal_image(ph.build_phantom(grid, 0, ph.Pose(), preset.z_subsamples,
-                                                   margin=imaging.SIGNAL_MARGIN), profile)
-    detail = imaging.edge_detail(signal, grid.pixel_mm)
-    images = {}
-    for i, dose in enumerate(DOSE_LEVELS_MGY):
-        rng = np.random.default_rng([seed, i, 77])
-        fbp = signal + imaging.acquisition_noise(body, grid, profile, mu_w, photons_per_mgy * dose, rng)
-        images[dose] = [clip_hu(reconstruct(fbp, r, profile, dose, detail)) for r in profile.recons_at(dose)]
-    reference = images[REFERENCE_DOSE]
-    return {float(d): float(np.sqrt(np.mean([np.mean((a - b) ** 2) for a, b in itertools.product(images[d], reference)])))
-            for d in DOSE_LEVELS_MGY if d != REFERENCE_DOSE}
+    """Table 6 cells of one scanner on a few slices: RMSE (HU) of each dose vs 14 mGy, any reconstruction,
+    the mean of the RMSE of every pair of reconstructions (``dose_pair_mse``; the paper averages pairs)."""
+    return {d: float(np.mean(np.sqrt(m))) for d, m in dose_pair_mse(profile, preset, seed).items()}
 
 
 def fit_noise(profile: ScannerProfile, targets: dict[float, float], preset: Preset, seed: int = 0,
-              tolerances: dict[float, float] | None = None) -> tuple[ScannerProfile, dict[float, float]]:
-    """The profile with ``noise_10mgy_hu``, ``electronic_noise_counts`` and ``ir_edge_gain`` fitted to
-    Table 6 RMSE targets {dose: HU}, and the re-simulated cells {dose: HU} of the fitted profile.
+              tolerances: dict[float, float] | None = None, spreads: dict[float, float] | None = None
+              ) -> tuple[ScannerProfile, dict[float, float]]:
+    """The profile with ``noise_10mgy_hu``, ``electronic_noise_counts``, ``ir_edge_gain`` and
+    ``edge_jitter_mm`` fitted to Table 6 RMSE targets {dose: HU}, and the re-simulated cells {dose: HU}.
 
-    ``RMSE(d)^2 = k R0(d)^2 + k^2 s^2 E(d) + g^2 G(d)``: ``R0`` the simulated RMSE without electronic
-    noise or edge gain, ``E`` and ``G`` the extra squared RMSE per unit electronic variance and per unit
-    squared gain (each from one probe run with the same noise draws), ``k`` the photon-count scale, ``s``
-    the electronic noise (counts), ``g`` the IR / DL edge gain (FBP and IR of one acquisition differ by
-    ``g`` times the edge detail at every dose: the dose-independent part of the cells). Least squares,
-    non-negative, on ``(model - target) / tolerance`` (``tolerances`` {dose: HU}: the aim's half-widths,
-    ``published.tolerance``; default 15 % of each target), gain at most EDGE_GAIN_BOUND; then one
-    correction pass (each cell's row scaled by simulated / predicted, refitted, kept if it misses less).
+    Per pair of reconstructions ``p``: ``MSE_p(d) = k R0_p(d) + k^2 s^2 E_p(d) + g^2 G_p(d) + j^2 J_p(d)``,
+    ``R0`` the simulated squared difference without electronic noise, edge gain or jitter, ``E``, ``G``,
+    ``J`` the extra per unit electronic variance, squared gain and squared jitter (each from one probe
+    run with the same noise draws); ``k`` the photon-count scale, ``s`` the electronic noise (counts),
+    ``g`` the IR / DL edge gain (only pairs of different reconstructions differ by it), ``j`` the edge
+    jitter (mm; every pair differs by it). The cell is the mean of ``sqrt(MSE_p)`` over the pairs.
+    Least squares, non-negative, on the aim's scale (``tolerances`` {dose: HU}: the aim's half-widths,
+    ``published.tolerance``; default 15 % of each target) of each cell's expected miss in the demo:
+    its bias and, where ``spreads`` {dose: HU} (the paper's sd over pairs) is given, the spread over
+    the pairs beyond it, divided by sqrt(DEMO_PAIRS) (the demo draws about that many pairs per cell,
+    so a floor that only some pairs carry moves the cell's mean; the spread that noise alone gives,
+    FBP pairs noisier than IR pairs, is not held against the noise). Gain at most
+    EDGE_GAIN_BOUND, jitter at most JITTER_BOUND_MM; then one correction pass (each pair's row scaled
+    by simulated / predicted, refitted, kept if it misses less).
     """
     tolerances = tolerances or {d: 0.15 * t for d, t in targets.items()}
-    quiet = dataclasses.replace(profile, electronic_noise_counts=0.0, ir_edge_gain=0.0)
-    r0 = dose_rmse(quiet, preset, seed)
-    re = dose_rmse(dataclasses.replace(quiet, electronic_noise_counts=PROBE_ELECTRONIC_COUNTS), preset, seed)
-    rg = dose_rmse(dataclasses.replace(quiet, ir_edge_gain=PROBE_EDGE_GAIN), preset, seed)
+    quiet = dataclasses.replace(profile, electronic_noise_counts=0.0, ir_edge_gain=0.0, edge_jitter_mm=0.0)
+    r0 = dose_pair_mse(quiet, preset, seed)
+    probes = [(dataclasses.replace(quiet, electronic_noise_counts=PROBE_ELECTRONIC_COUNTS), PROBE_ELECTRONIC_COUNTS),
+              (dataclasses.replace(quiet, ir_edge_gain=PROBE_EDGE_GAIN), PROBE_EDGE_GAIN),
+              (dataclasses.replace(quiet, edge_jitter_mm=PROBE_JITTER_MM), PROBE_JITTER_MM)]
+    extra = [dose_pair_mse(p, preset, seed) for p, _ in probes]
     doses = sorted(targets)
-    design = np.array([[r0[d] ** 2, max(re[d] ** 2 - r0[d] ** 2, 0.0) / PROBE_ELECTRONIC_COUNTS ** 2,
-                        max(rg[d] ** 2 - r0[d] ** 2, 0.0) / PROBE_EDGE_GAIN ** 2] for d in doses])
+    design = {d: np.column_stack([r0[d]] + [np.maximum(e[d] - r0[d], 0.0) / size ** 2
+                                            for e, (_, size) in zip(extra, probes)]) for d in doses}
     target = np.array([targets[d] for d in doses])
     tol = np.array([tolerances[d] for d in doses])
-    upper = np.array([np.inf, np.inf, EDGE_GAIN_BOUND ** 2])
+    lower = np.array([(NOISE_MIN_10MGY_HU / profile.noise_10mgy_hu) ** 2, 0.0, 0.0, 0.0])
+    upper = np.array([np.inf, ELECTRONIC_BOUND_COUNTS, EDGE_GAIN_BOUND, JITTER_BOUND_MM])
 
-    def solve(rows: np.ndarray) -> ScannerProfile:
-        (k0, b0, c0), _ = nnls(rows / (target ** 2)[:, None], np.ones(len(doses)))  # relative-error start
-        start = np.clip([max(k0, 1e-3), b0, c0], 0.0, upper * 0.999)
-        k, b, c = least_squares(lambda x: (np.sqrt(rows @ x) - target) / tol, start, bounds=(0.0, upper)).x
-        if k <= 0:
-            raise ValueError(f"scanner {profile.code}: no positive photon scale fits Table 6 ({targets})")
+    def misses(mse: dict[float, np.ndarray]) -> np.ndarray:
+        rmse = [np.sqrt(np.maximum(mse[d], 0.0)) for d in doses]
+        bias = (np.array([r.mean() for r in rmse]) - target) / tol
+        if spreads is None:
+            return bias
+        excess = np.maximum(np.array([r.std() for r in rmse]) - np.array([spreads[d] for d in doses]), 0.0)
+        return np.concatenate([bias, excess / np.sqrt(DEMO_PAIRS) / tol])
+
+    def predict(rows: dict[float, np.ndarray], x: np.ndarray) -> dict[float, np.ndarray]:
+        return {d: rows[d] @ x for d in doses}
+
+    def coefficients_of(y: np.ndarray) -> np.ndarray:  # (k, s, g, j) -> the design's coefficients
+        k, s, g, j = y
+        return np.array([k, (k * s) ** 2, g * g, j * j])
+
+    def solve(rows: dict[float, np.ndarray]) -> ScannerProfile:
+        mean_rows = np.array([rows[d].mean(axis=0) for d in doses])
+        (k0, b0, c0, e0), _ = nnls(mean_rows / (target ** 2)[:, None], np.ones(len(doses)))  # relative-error start
+        k0 = max(k0, lower[0] * 1.001)
+        start = np.clip([k0, np.sqrt(b0) / k0, np.sqrt(c0), np.sqrt(e0)], lower, upper * 0.999)
+        k, s, g, j = least_squares(lambda y: misses(predict(rows, coefficients_of(y))), start,
+                                   bounds=(lower, upper)).x
         return dataclasses.replace(profile, noise_10mgy_hu=round(profile.noise_10mgy_hu * float(np.sqrt(k)), 2),
-                                   electronic_noise_counts=round(float(np.sqrt(b)) / k, 2),
-                                   ir_edge_gain=round(float(np.sqrt(c)), 3))
+                                   electronic_noise_counts=round(float(s), 2), ir_edge_gain=round(float(g), 3),
+                                   edge_jitter_mm=round(float(j), 4))
 
-    def model(fit: ScannerProfile, rows: np.ndarray) -> np.ndarray:
+    def coefficients(fit: ScannerProfile) -> np.ndarray:
         k = (fit.noise_10mgy_hu / profile.noise_10mgy_hu) ** 2
-        return rows @ np.array([k, (fit.electronic_noise_counts * k) ** 2, fit.ir_edge_gain ** 2])
+        return coefficients_of(np.array([k, fit.electronic_noise_counts, fit.ir_edge_gain, fit.edge_jitter_mm]))
+
+    def cells(mse: dict[float, np.ndarray]) -> dict[float, float]:
+        return {d: float(np.mean(np.sqrt(mse[d]))) for d in doses}
 
     fitted = solve(design)
-    simulated = dose_rmse(fitted, preset, seed)
-    # one correction pass: the terms are not exactly additive (low counts, the clip at -1000 HU), so each
-    # cell's row is scaled by what the simulation gave over what the linear model predicted, and refitted
-    sim2 = np.array([simulated[d] ** 2 for d in doses])
-    corrected = design * (sim2 / np.maximum(model(fitted, design), 1e-9))[:, None]
+    simulated = dose_pair_mse(fitted, preset, seed)
+    # one correction pass: the terms are not exactly additive (low counts, the clip at -1000 HU, the
+    # denoising of jittered edges), so each pair's row is scaled by what the simulation gave over what
+    # the linear model predicted, and refitted
+    predicted = predict(design, coefficients(fitted))
+    corrected = {d: design[d] * (simulated[d] / np.maximum(predicted[d], 1e-9))[:, None] for d in doses}
     refit = solve(corrected)
     if refit == fitted:
-        return fitted, simulated
-    resimulated = dose_rmse(refit, preset, seed)
-
-    def miss(cells: dict[float, float]) -> float:
-        return float(np.sum(((np.array([cells[d] for d in doses]) - target) / tol) ** 2))
-
-    return (refit, resimulated) if miss(resimulated) < miss(simulated) else (fitted, simulated)
+        return fitted, cells(simulated)
+    resimulated = dose_pair_mse(refit, preset, seed)
+    better = np.sum(misses(resimulated) ** 2) < np.sum(misses(simulated) ** 2)
+    return (refit, cells(resimulated)) if better else (fitted, cells(simulated))
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ POSE_ROTATION_DEG = 1.5
 POSE_TRANSLATION_MM = (3.0, 3.0, 2.0)
 #: Version of the twin's simulation: bumped when a change alters the series it writes (a folder made
 #: by another version is refused, not mixed).
-TWIN_MODEL_VERSION = 3
+TWIN_MODEL_VERSION = 4
 #: Fixed date of the first scan (series date/times are derived from it).
 BASE_DATETIME = _dt.datetime(2024, 3, 4, 8, 0, 0)
 
@@ -231,7 +231,7 @@ def run_scan(job: ScanJob) -> dict[str, Any]:
     n_angles = imaging.n_angles_for(grid)
     s_index = list(SCANNERS).index(job.scanner)
     volume_geometry = {"origin": grid.origin, "spacing": grid.spacing}
-    series_records, signal, body, rois, roi_shading, detail = [], None, None, None, None, None
+    series_records, signal, body, rois, roi_shading, detail, gradient = [], None, None, None, None, None, None
     seg_stamp: SegStamp | None = None
     for dose in sorted({s["dose_mgy"] for s in plan}):
         todo = [s for s in plan if s["dose_mgy"] == dose]
@@ -246,10 +246,14 @@ def run_scan(job: ScanJob) -> dict[str, Any]:
             signal, rois = imaging.signal_image(phantom, profile, shading), phantom.rois
             roi_shading = imaging.roi_shading_hu(shading, rois)
             detail = imaging.edge_detail(signal, grid.pixel_mm) if profile.ir_edge_gain else None
+            gradient = imaging.edge_gradient(signal, grid.pixel_mm) if profile.edge_jitter_mm else None
             del phantom, shading
             body = imaging.body_line_integrals(grid, pose, imaging.slab_positions(grid)[0], mu_w, n_angles)
         rng = np.random.default_rng([job.seed, s_index, job.rep, int(round(dose * 1000)), 2])
         fbp = signal + imaging.acquisition_noise(body, grid, profile, mu_w, photons, rng)
+        if gradient is not None:  # its own stream, so the noise draws do not depend on the jitter
+            jitter_rng = np.random.default_rng([job.seed, s_index, job.rep, int(round(dose * 1000)), 3])
+            fbp += imaging.edge_jitter(gradient, imaging.jitter_field(grid, jitter_rng), profile.edge_jitter_mm)
         for s in todo:
             if (out / s["name"]).is_dir():  # finished in an earlier run
                 continue
@@ -339,6 +343,9 @@ def ground_truth(preset: Preset, seed: int, texture_seed: int,
                              "times the unsharp mask of the signal's part outside the soft-tissue window",
                     "noise": "every (scanner, dose, repetition) an independent acquisition: Poisson counts "
                              "through the whole body, log with bias correction, FBP of the noise",
+                    "edge_jitter": "per acquisition, the high-contrast part moved by a smooth random "
+                                   "displacement field of rms edge_jitter_mm per in-plane axis (first order); "
+                                   "shared by FBP, IR and DL of the acquisition",
                     "log": "p = log(I0 / (n + 1/2))",
                     "electronic_noise": "per scanner (electronic_noise_counts), Gaussian per ray; "
                                         "not included in the noise calibration"},

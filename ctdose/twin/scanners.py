@@ -10,8 +10,9 @@ What the paper does not give is chosen by the twin (``ctdose/data/twin_scanner_c
 for each kernel's MTF, the FBP noise in normal liver at 10 mGy (sets the photon count), the electronic
 noise (makes noise grow faster than dose^-0.5 at the lowest doses), the CT-number calibration (offset
 and contrast scale of the HU scale), a smooth shading of the CT numbers (``imaging.shading_field``)
-the IR / DL denoising strength and the IR / DL gain of high-contrast edges (their contrast-dependent
-resolution, ``imaging.edge_detail``). Those choices are calibrated so
+the IR / DL denoising strength, the IR / DL gain of high-contrast edges (their contrast-dependent
+resolution, ``imaging.edge_detail``) and the rms displacement of high-contrast edges that every
+acquisition draws anew (``imaging.edge_jitter``). Those choices are calibrated so
 that the dataset paper's Table 6 and Tables 3-5, computed on the twin as the paper's code did, come out
 close to the published ones (see the README's "What the twin matches and what it invents").
 """
@@ -60,6 +61,7 @@ class ScannerProfile:
     shading_hu: float  # rms of the scanner's smooth CT-number non-uniformity inside the object (HU)
     ir_strength: float  # weight of the IR smoothing (DL uses DL_STRENGTH_FACTOR times it)
     ir_edge_gain: float  # IR / DL gain of high-contrast edge detail (imaging.edge_detail; 0 = FBP's edges)
+    edge_jitter_mm: float  # rms displacement of high-contrast edges per acquisition (imaging.edge_jitter)
 
     @property
     def dicom_manufacturer(self) -> str:
@@ -122,7 +124,8 @@ def load_scanners() -> dict[str, ScannerProfile]:
             cutoff=float(c["cutoff"]), noise_10mgy_hu=float(c["noise_10mgy_hu"]),
             electronic_noise_counts=float(c["electronic_noise_counts"]), hu_offset=float(c["hu_offset"]),
             hu_scale=float(c["hu_scale"]), shading_hu=float(c["shading_hu"]),
-            ir_strength=float(c["ir_strength"]), ir_edge_gain=float(c["ir_edge_gain"]))
+            ir_strength=float(c["ir_strength"]), ir_edge_gain=float(c["ir_edge_gain"]),
+            edge_jitter_mm=float(c["edge_jitter_mm"]))
     return profiles
 
 
