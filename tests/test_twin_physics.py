@@ -228,7 +228,7 @@ def test_edge_jitter_moves_the_high_contrast_part_as_scipy_shift_does_and_leaves
 
 
 def test_jitter_field_is_a_smooth_unit_variance_field_with_the_gaussian_correlation():
-    """Pooled over 6 draws: mean ~0, variance ~1 (0.95 between nodes), x and y components and two draws
+    """Pooled over 6 draws: mean ~0, variance ~0.9 (1 at the nodes), x and y components and two draws
     uncorrelated, and the correlation at an 8 mm lag that of Gaussian-smoothed white noise,
     exp(-lag^2 / (4 sigma^2)) with sigma = JITTER_SMOOTH_NODES x JITTER_NODE_MM (linear interpolation
     lowers it slightly)."""

@@ -218,8 +218,8 @@ def _linear_weights(positions: np.ndarray) -> np.ndarray:
 
 def jitter_field(grid: ph.ScanGrid, rng: np.random.Generator) -> np.ndarray:
     """A random smooth displacement field (2, slices, rows, cols) float32 on ``grid``'s region, x first:
-    unit variance at the nodes (about 0.95 between them), correlation length about
-    JITTER_SMOOTH_NODES x JITTER_NODE_MM, independent x and y components.
+    unit variance at the nodes (about 0.9 on average, linear interpolation lowers it between them),
+    correlation length about JITTER_SMOOTH_NODES x JITTER_NODE_MM, independent x and y components.
 
     White noise on nodes JITTER_NODE_MM apart over the region (plus a margin for the smoothing),
     Gaussian-smoothed by JITTER_SMOOTH_NODES nodes, scaled to unit variance, then interpolated linearly
