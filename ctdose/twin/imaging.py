@@ -174,26 +174,32 @@ def signal_image(phantom: ph.PhantomImage, profile: ScannerProfile, shading: np.
     return image
 
 
+def high_contrast_part(signal: np.ndarray) -> np.ndarray:
+    """The part of an image (HU, any shape) outside the soft-tissue window: ``signal - clip(signal,
+    EDGE_SOFT_TISSUE_HU)``; zero in soft tissue, negative in air and lung, positive in bone."""
+    return signal - np.clip(signal, *EDGE_SOFT_TISSUE_HU)
+
+
 def edge_detail(signal: np.ndarray, pixel_mm: float) -> np.ndarray:
     """High-contrast edge detail of a noise-free image (slices, rows, cols) HU: ``h - G * h`` per slice,
-    with ``h = signal - clip(signal, EDGE_SOFT_TISSUE_HU)`` (zero in soft tissue) and ``G`` an in-plane
+    with ``h = high_contrast_part(signal)`` (zero in soft tissue) and ``G`` an in-plane
     Gaussian of EDGE_SIGMA_MM. Same shape, float32; IR and DL images add ``ir_edge_gain`` times it.
 
     Zero-mean across each edge and zero wherever soft tissue extends beyond about 3 sigma from air and
     bone (the liver's ROIs), so CT numbers of tissue are kept and only the edges' sharpness changes.
     """
-    h = signal - np.clip(signal, *EDGE_SOFT_TISSUE_HU)
+    h = high_contrast_part(signal)
     sigma_px = EDGE_SIGMA_MM / pixel_mm
     return (h - ndimage.gaussian_filter(h, sigma=(0.0, sigma_px, sigma_px), mode="reflect")).astype(np.float32)
 
 
 def edge_gradient(signal: np.ndarray, pixel_mm: float) -> np.ndarray:
     """In-plane gradient (2, slices, rows, cols) HU/mm, float32, of the high-contrast part of a noise-free
-    image: ``h = signal - clip(signal, EDGE_SOFT_TISSUE_HU)`` (as ``edge_detail``), x (columns) first.
+    image: ``h = high_contrast_part(signal)`` (as ``edge_detail``), x (columns) first.
 
     Zero wherever the image lies inside the soft-tissue window, so the liver and its ROIs never move.
     """
-    h = signal - np.clip(signal, *EDGE_SOFT_TISSUE_HU)
+    h = high_contrast_part(signal)
     d_rows, d_cols = np.gradient(h, pixel_mm, axis=(1, 2))
     return np.stack([d_cols, d_rows]).astype(np.float32)
 
