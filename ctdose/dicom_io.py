@@ -174,7 +174,7 @@ SLICE_VARYING = tuple(Tag(k) for k in ("SOPInstanceUID", "InstanceNumber", "Imag
                                        "SliceLocation", "PixelData"))
 
 
-def _encode(elements: list[DataElement]) -> bytes:
+def encode_elements(elements: list[DataElement]) -> bytes:
     """Explicit VR little endian encoding of data elements, in the order given."""
     fp = DicomBytesIO()
     fp.is_little_endian, fp.is_implicit_VR = True, False
@@ -297,11 +297,11 @@ class _SeriesWrite:
         current: list[DataElement] = []
         for tag in sorted(template.keys()):  # the fixed elements between the varying ones, each run encoded once
             if tag in SLICE_VARYING:
-                runs.append(_encode(current))
+                runs.append(encode_elements(current))
                 current = []
             else:
                 current.append(template[tag])
-        runs.append(_encode(current))
+        runs.append(encode_elements(current))
         if len(runs) != len(SLICE_VARYING) + 1:
             return [self.write_slice(k) for k in slices]
         vr = {tag: template[tag].VR for tag in SLICE_VARYING}
@@ -316,7 +316,7 @@ class _SeriesWrite:
             write_file_meta_info(head, file_meta, enforce_standard=True)
             parts = [preamble, head.getvalue(), runs[0]]
             for tag, run in zip(SLICE_VARYING, runs[1:]):
-                parts += [_encode([DataElement(tag, vr[tag], values[tag])]), run]
+                parts += [encode_elements([DataElement(tag, vr[tag], values[tag])]), run]
             with atomic_path(self.path(k)) as tmp:
                 tmp.write_bytes(b"".join(parts))
             paths.append(self.path(k))

@@ -11,6 +11,7 @@ other structures (organs, lesions) reads with a ROI YAML that names them.
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -18,11 +19,12 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
+from pydicom.tag import Tag
 from pydicom.uid import generate_uid
 
 from ctdose import __version__
 from ctdose.atomic import atomic_path
-from ctdose.dicom_io import ct_slice_grid, slice_geometry
+from ctdose.dicom_io import ct_slice_grid, encode_elements, slice_geometry
 from ctdose.naming import ROI_CLASSES, ROI_NAMES, normalise_roi_label
 from ctdose.rois import RoiSet, default_rois
 
@@ -96,6 +98,10 @@ def write_seg(ct_files: Sequence[str | Path], label_map: np.ndarray, out_path: s
 #: Attributes a SEG takes from its source CT (patient and study modules), beside UIDs and dates.
 _SOURCE_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                       "StudyID", "AccessionNumber", "ReferringPhysicianName")
+#: Top-level dates and times a SEG takes from its source CT's series (``_make_deterministic``).
+_CLOCK_ATTRIBUTES = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
+#: Bytes before an OB element's value in explicit VR little endian: tag, VR, 2 reserved, 4 of length.
+_OB_HEADER_BYTES = 12
 
 
 def _seg_series_uid(ct_uid: str) -> str:
@@ -119,9 +125,11 @@ class SegStamp:
     reconstruction of one twin scan), the file :func:`write_seg` would write for it: references to the CT
     (slices, series, study, frame of reference), the SEG's own UIDs, series number and description,
     dates and patient / study attributes are replaced by those of the new series (tests compare the
-    bytes). No SEG is built and the template is parsed once: 0.13 s per series of the demo's A1 scans,
-    where building one with :func:`write_seg` takes about 10x longer and a template read again for each
-    series (the template read again for each series, as before) 0.26 s.
+    bytes). No SEG is built and the template is parsed once; where every changed nested value keeps its
+    length (the twin: all its UIDs have 64 characters), the template's bytes are spliced rather than the
+    dataset written again (:meth:`_spliced`). Demo E2 series (81 slices), CPU: 0.055 s a series (0.04 s of
+    it reading the CT headers), where the stamped dataset written by pydicom took 0.37 s and building a SEG
+    with :func:`write_seg` about 10x that.
     """
 
     def __init__(self, template: str | Path, template_ct_files: Sequence[str | Path]) -> None:
@@ -132,9 +140,28 @@ class SegStamp:
         self._refs = {k: str(old[0][k].value) for k in ("SeriesInstanceUID", "StudyInstanceUID",
                                                         "FrameOfReferenceUID")}
         self._seg = pydicom.dcmread(template)
+        pixels = self._seg.get_item(Tag("PixelData"))  # still raw: its value's offset in the file
+        data, split = Path(template).read_bytes(), pixels.value_tell - _OB_HEADER_BYTES
+        self._head: bytes | None = data[:split]  # None: every SEG is written by pydicom
+        self._tail = data[split:]
         self._own = (str(self._seg.SeriesInstanceUID), str(self._seg.SOPInstanceUID))
         # every single-valued UI element (nested sequences too), with the template's value
         self._ui = [(elem, str(elem.value)) for elem in _ui_elements(self._seg)]
+        self._ui_count = Counter(original for _, original in self._ui)
+        self._ui_count[self._own[1]] += 1  # the file meta's MediaStorageSOPInstanceUID
+        self._dimension_uid = str(self._seg.DimensionOrganizationSequence[0].DimensionOrganizationUID)
+        # the template's encoding of every other element the stamp changes (top level, and the nested
+        # ContributionDateTime), as (element, its bytes, occurrences, nested)
+        top = [k for k in ("SeriesNumber", "SeriesDescription", *_SOURCE_ATTRIBUTES, *_CLOCK_ATTRIBUTES)
+               if k in self._seg]
+        self._plain = [(self._seg[k], encode_elements([self._seg[k]]), 1, False) for k in top]
+        contributions = [item["ContributionDateTime"] for item in self._seg.get("ContributingEquipmentSequence", [])
+                         if "ContributionDateTime" in item]
+        if contributions and len({c.value for c in contributions}) == 1:
+            c = contributions[0]
+            self._plain.append((c, encode_elements([c]), len(contributions), True))
+        elif contributions:  # differing values: only the dataset path rewrites them
+            self._head = None
 
     def write(self, ct_files: Sequence[str | Path], out_path: str | Path) -> Path:
         """Write the SEG of the CT slices ``ct_files`` to ``out_path`` (atomically); returns the path.
@@ -158,6 +185,13 @@ class SegStamp:
         for keyword, old in self._refs.items():
             mapping[old] = str(new[0][keyword].value)
         mapping[self._own[0]], mapping[self._own[1]] = seg_uid, sop_uid
+        spliced = self._spliced(mapping, new[0], seg_uid)
+        if spliced is not None:
+            out_path = Path(out_path)
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(out_path) as tmp:
+                tmp.write_bytes(spliced)
+            return out_path
         for elem, original in self._ui:
             elem.value = mapping.get(original, original)
         seg.file_meta.MediaStorageSOPInstanceUID = sop_uid
@@ -167,6 +201,46 @@ class SegStamp:
             if keyword in seg:
                 seg[keyword].value = new[0].get(keyword, "")
         return _save_seg(seg, new[0], seg_uid, out_path)
+
+    def _spliced(self, mapping: dict[str, str], source: pydicom.Dataset, seg_uid: str) -> bytes | None:
+        """The file :meth:`write` would write, made from the template's bytes: each changed value
+        replaced where it is encoded. None (the dataset is then changed and written by pydicom) when a
+        nested value would change length (items carry their lengths) or a value is not found exactly
+        where the template holds it.
+
+        The twin's UIDs all have 64 characters (``generate_uid`` from entropy), so its SEGs always take
+        this path.
+        """
+        if self._head is None:
+            return None
+        uids = {old: new for old, new in mapping.items() if old in self._ui_count}
+        uids[self._dimension_uid] = generate_uid(entropy_srcs=[seg_uid, "dimension-organization"])
+        uids = {old: new for old, new in uids.items() if old != new}
+        if any(len(old) != len(new) for old, new in uids.items()) or set(uids.values()) & set(uids):
+            return None
+        date, time = _source_date_time(source)
+        values = {"SeriesNumber": _seg_series_number(source), "SeriesDescription": _seg_series_description(source),
+                  "InstanceCreationDate": date, "InstanceCreationTime": time, "ContentDate": date,
+                  "ContentTime": time, "ContributionDateTime": date + time,
+                  **{k: source.get(k, "") for k in _SOURCE_ATTRIBUTES}}
+        head = self._head
+        for old, new in uids.items():
+            if head.count(old.encode()) != self._ui_count[old]:
+                return None
+            head = head.replace(old.encode(), new.encode())
+        for elem, encoded, occurrences, nested in self._plain:
+            new_encoded = encode_elements([pydicom.DataElement(elem.tag, elem.VR, values[elem.keyword])])
+            if head.count(encoded) != occurrences or (nested and len(new_encoded) != len(encoded)):
+                return None
+            head = head.replace(encoded, new_encoded)
+        return head + self._tail
+
+
+def _source_date_time(source: pydicom.Dataset) -> tuple[str, str]:
+    """The date and time a SEG takes from its source CT slice: the series', else the study's, else the epoch."""
+    date = str(source.get("SeriesDate", "") or source.get("StudyDate", "") or "19700101")
+    time = str(source.get("SeriesTime", "") or source.get("StudyTime", "") or "000000")
+    return date, time
 
 
 def _save_seg(seg: pydicom.Dataset, source: pydicom.Dataset, seg_uid: str, out_path: str | Path) -> Path:
@@ -198,8 +272,7 @@ def _make_deterministic(seg: pydicom.Dataset, source: pydicom.Dataset, seg_uid: 
     Dates and times come from the source CT's series date/time; the dimension organisation UID is
     derived from the SEG's series UID.
     """
-    date = str(source.get("SeriesDate", "") or source.get("StudyDate", "") or "19700101")
-    time = str(source.get("SeriesTime", "") or source.get("StudyTime", "") or "000000")
+    date, time = _source_date_time(source)
     seg.InstanceCreationDate, seg.InstanceCreationTime = date, time
     seg.ContentDate, seg.ContentTime = date, time
     for item in seg.get("ContributingEquipmentSequence", []):

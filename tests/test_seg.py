@@ -37,11 +37,16 @@ def test_round_trip_with_misspelt_label(tmp_path, make_ct_series):
         np.testing.assert_array_equal(masks[roi], case.label_map == n)
 
 
-def test_seg_written_like_another_series_is_the_file_write_seg_gives(tmp_path, make_ct_series):
+@pytest.mark.parametrize("series_uid", [None, "1.2.826.0.1.3680043.8.498.12"],
+                         ids=["uids-of-one-length", "short-series-uid"])
+def test_seg_written_like_another_series_is_the_file_write_seg_gives(tmp_path, make_ct_series, series_uid):
     """Two series on one grid (another dose, reconstruction, date, study, frame of reference and UIDs):
-    the SEG re-stamped from the first's is byte for byte the one built for the second."""
+    the SEG re-stamped from the first's is byte for byte the one built for the second, both when every
+    UID keeps its length (the template's bytes are spliced) and when the series UID is shorter (nested
+    references change length: the dataset is rewritten)."""
     first = make_ct_series(tmp_path / "a", dose=10, recon="IR", scan_id=11)
-    second = make_ct_series(tmp_path / "b", dose=3, recon="FBP", scan_id=12, repetition=2, seed=4)
+    extra = {"series_uid": series_uid} if series_uid else {}
+    second = make_ct_series(tmp_path / "b", dose=3, recon="FBP", scan_id=12, repetition=2, seed=4, **extra)
     assert first.meta.study_uid != second.meta.study_uid  # the test exercises every reference
     like = SegStamp(first.seg_path, first.files).write(second.files, tmp_path / "like.dcm")
     assert like.read_bytes() == second.seg_path.read_bytes()
