@@ -10,6 +10,7 @@ other structures (organs, lesions) reads with a ROI YAML that names them.
 
 from __future__ import annotations
 
+import io
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -108,6 +109,10 @@ def _seg_series_uid(ct_uid: str) -> str:
     return generate_uid(entropy_srcs=[ct_uid, "seg"])
 
 
+def _dimension_organization_uid(seg_uid: str) -> str:
+    return generate_uid(entropy_srcs=[seg_uid, "dimension-organization"])
+
+
 def _seg_series_number(source: pydicom.Dataset) -> int:
     return int(source.get("SeriesNumber", 1) or 1) + 1000
 
@@ -139,9 +144,10 @@ class SegStamp:
         self._slice_uids = [str(old[i].SOPInstanceUID) for i in self._geometry.order]
         self._refs = {k: str(old[0][k].value) for k in ("SeriesInstanceUID", "StudyInstanceUID",
                                                         "FrameOfReferenceUID")}
-        self._seg = pydicom.dcmread(template)
+        data = Path(template).read_bytes()
+        self._seg = pydicom.dcmread(io.BytesIO(data))
         pixels = self._seg.get_item(Tag("PixelData"))  # still raw: its value's offset in the file
-        data, split = Path(template).read_bytes(), pixels.value_tell - _OB_HEADER_BYTES
+        split = pixels.value_tell - _OB_HEADER_BYTES
         self._head: bytes | None = data[:split]  # None: every SEG is written by pydicom
         self._tail = data[split:]
         self._own = (str(self._seg.SeriesInstanceUID), str(self._seg.SOPInstanceUID))
@@ -187,11 +193,9 @@ class SegStamp:
         mapping[self._own[0]], mapping[self._own[1]] = seg_uid, sop_uid
         spliced = self._spliced(mapping, new[0], seg_uid)
         if spliced is not None:
-            out_path = Path(out_path)
-            out_path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(out_path) as tmp:
                 tmp.write_bytes(spliced)
-            return out_path
+            return Path(out_path)
         for elem, original in self._ui:
             elem.value = mapping.get(original, original)
         seg.file_meta.MediaStorageSOPInstanceUID = sop_uid
@@ -214,7 +218,7 @@ class SegStamp:
         if self._head is None:
             return None
         uids = {old: new for old, new in mapping.items() if old in self._ui_count}
-        uids[self._dimension_uid] = generate_uid(entropy_srcs=[seg_uid, "dimension-organization"])
+        uids[self._dimension_uid] = _dimension_organization_uid(seg_uid)
         uids = {old: new for old, new in uids.items() if old != new}
         if any(len(old) != len(new) for old, new in uids.items()) or set(uids.values()) & set(uids):
             return None
@@ -278,7 +282,7 @@ def _make_deterministic(seg: pydicom.Dataset, source: pydicom.Dataset, seg_uid: 
     for item in seg.get("ContributingEquipmentSequence", []):
         if "ContributionDateTime" in item:
             item.ContributionDateTime = date + time
-    dimension_uid = generate_uid(entropy_srcs=[seg_uid, "dimension-organization"])
+    dimension_uid = _dimension_organization_uid(seg_uid)
     for item in seg.get("DimensionOrganizationSequence", []):
         item.DimensionOrganizationUID = dimension_uid
     for item in seg.get("DimensionIndexSequence", []):
