@@ -6,6 +6,9 @@
    features and its time is extrapolated linearly to F (stated in the output).
 2. Wall time of the classification suite (analyze/classify.py: cross-dose, LOSO-N, k-fold-n, dose level)
    on the feature tables under --results if present, else on synthetic tables of the demo's size.
+3. Writing a captioned three-panel figure as PNG + PDF: ctdose.plots (caption broken by textwrap, the
+   tight box found once for both files) vs matplotlib's own way (``wrap=True`` caption,
+   ``bbox_inches="tight"`` per file), alternating, CPU time per figure.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ FEATURES = 1000         # ICC benchmark features
 TARGETS = 60            # ICC targets (6 ROIs x 10 patches)
 RATERS = 13             # ICC raters (13 scanners)
 PINGOUIN_QUICK = 50     # features timed with pingouin under --quick (extrapolated)
+FIGURES = 8             # figures written each way (4 with --quick)
 # --- end settings ---
 
 
@@ -95,10 +99,52 @@ def bench_classify(results: str, classifier: str) -> None:
     print(f"  wall time         : {wall:8.1f} s")
 
 
+def bench_figures(n_figures: int) -> None:
+    from ctdose import plots
+
+    caption = " ".join(["The twin's cells beside the published ones, per scanner and dose."] * 8)
+
+    def figure(plain_caption: bool):
+        rng = np.random.default_rng(0)
+        fig, axes = plots.plt.subplots(1, 3, figsize=(13, 4.4))
+        for ax in axes:
+            ax.scatter(rng.normal(size=300), rng.normal(size=300), s=8, label="cells")
+            for k in range(20):
+                ax.text(rng.normal(), rng.normal(), f"{k:.1f}", fontsize=6)
+            ax.set(title="metric", xlabel="published", ylabel="ours")
+            ax.legend(fontsize=7)
+        if plain_caption:
+            fig.text(0.01, -0.02, caption, fontsize=7, ha="left", va="top", wrap=True)
+        else:
+            plots.caption_below(fig, caption)
+        return fig
+
+    def matplotlib_way(fig, stem: Path) -> None:
+        for path in plots.figure_files(stem):
+            fig.savefig(path, format=path.suffix[1:], dpi=plots.DPI, bbox_inches="tight")
+        plots.plt.close(fig)
+
+    times = {"ctdose": 0.0, "matplotlib": 0.0}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(n_figures):
+            for name in times:
+                t0 = time.process_time()
+                if name == "ctdose":
+                    plots.save_figure(figure(False), Path(tmp) / f"{name}{k}")
+                else:
+                    matplotlib_way(figure(True), Path(tmp) / f"{name}{k}")
+                times[name] += time.process_time() - t0
+    print(f"captioned 3-panel figure, PNG + PDF, {n_figures} each (CPU time per figure)")
+    print(f"  ctdose.plots      : {times['ctdose'] / n_figures:8.3f} s")
+    print(f"  matplotlib's way  : {times['matplotlib'] / n_figures:8.3f} s")
+    print(f"  speed-up          : {times['matplotlib'] / times['ctdose']:8.2f} x")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bench_icc(args.features, args.quick)
     bench_classify(args.results, args.classifier or ("logreg" if args.quick else "mlp"))
+    bench_figures(FIGURES // 2 if args.quick else FIGURES)
     return 0
 
 

@@ -4,6 +4,7 @@ refuse a damaged input with one line, and the image-metrics pair cache follows i
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +143,13 @@ def test_umap_skips_current_extractors_and_redoes_a_changed_one(layout, capsys, 
         return np.random.default_rng(0).normal(size=(len(table.X), 2))
 
     monkeypatch.setattr(ctdose.umap_job, "embed", fake_embed)  # in-process: the default --workers 1
+    in_process = script.parallel_map
+
+    def as_sent_to_workers(fn, items, **kwargs):  # what --workers N sends: the task and jobs pickled
+        assert pickle.loads(pickle.dumps(fn)) is fn
+        return in_process(fn, [pickle.loads(pickle.dumps(item)) for item in items], **kwargs)
+
+    monkeypatch.setattr(script, "parallel_map", as_sent_to_workers)
     argv = ["--results", str(layout.root), "--epochs", "5"]
     assert run_main(script.main, argv) == 0 and sorted(calls) == ["cnn", "radiomics"]
     outputs = [layout.umap_table("radiomics"), *figure_files(layout.umap_figure("radiomics"))]

@@ -80,9 +80,10 @@ def pipeline(tiny_twin, tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     out["ctfm"] = _run("ct-fm/extract_ctfm.py", "--results", results, *deep)
     out["icc"] = _run("analyze/icc.py", "--results", results)
     # the tiny twin has 3 and 14 mGy only: the papers' 10 mGy figures (Figs. 4-6) are drawn at 14 mGy;
-    # the four extractors on two worker processes (as make demo runs it)
+    # in this process (umap-learn compiles its numba functions once per process, about 25 s of CPU, which
+    # the harmonization step's UMAPs then reuse; tests/test_contract.py runs the step on two workers)
     out["umap"] = _run("analyze/umap_plots.py", "--results", results, "--epochs", "50", "--n-neighbors", "5",
-                       "--figure-dose", "14", "--workers", "2")
+                       "--figure-dose", "14", "--workers", "1")
     out["classify"] = _run("analyze/classify.py", "--results", results, "--classifier", "logreg",
                            "--n-folds", "4")
     out["harmonize"] = _run("analyze/harmonize.py", "--results", results, "--n-folds", "4", "--workers", "1",

@@ -318,7 +318,7 @@ def table7(results: list[BenchResult], settings: BenchSettings) -> pd.DataFrame:
 
 def umap_figure(pair: dict[str, tuple[np.ndarray, pd.DataFrame]], title: str, stem, caption: str = "") -> list:
     """2 x 2 scatter panels: rows = before / after (``pair`` keys), columns = by manufacturer / ROI class."""
-    from ctdose.plots import plt, save_figure
+    from ctdose.plots import caption_below, plt, save_figure
 
     fig, axes = plt.subplots(len(pair), 2, figsize=(12, 4.6 * len(pair)), squeeze=False)
     fig.subplots_adjust(wspace=0.45, hspace=0.3)
@@ -332,8 +332,7 @@ def umap_figure(pair: dict[str, tuple[np.ndarray, pd.DataFrame]], title: str, st
                 ax.scatter(emb[sel, 0], emb[sel, 1], s=8, color=cmap(n % 10), alpha=0.8, label=level)
             ax.legend(title=column, fontsize=7, markerscale=2, bbox_to_anchor=(1.01, 1), loc="upper left")
             ax.set(xlabel="UMAP 1", ylabel="UMAP 2", title=f"{title}, {method}: by {column}")
-    if caption:
-        fig.text(0.01, 0.0, caption, fontsize=7, ha="left", va="top", wrap=True)
+    caption_below(fig, caption, y=0.0)
     return save_figure(fig, stem)
 
 
