@@ -156,3 +156,25 @@ def test_noise_fit_recovers_known_noise_and_edge_jitter():
     # without the jitter the cells would fall as dose^-0.5 alone: the 10 mGy cell needs it
     no_jitter = calibration.dose_rmse(dataclasses.replace(fitted, edge_jitter_mm=0.0), preset, seed=4)
     assert no_jitter[10.0] < 0.9 * targets[10.0]
+
+
+def test_electronic_refinement_finds_a_steep_low_dose_response_and_keeps_a_better_start():
+    """The refinement's bounded search on a response far from the linear model (1 mGy RMSE growing as
+    counts^4, as photon starvation sets in), against its known optimum; a start that no simulation beats
+    is kept, and no search spends more than REFINE_EVALUATIONS simulations."""
+    calls = []
+
+    def simulate(counts: float) -> dict[float, np.ndarray]:
+        calls.append(counts)
+        return {1.0: np.array([(40.0 + (counts / 10.0) ** 4) ** 2]), 10.0: np.array([30.0 ** 2 + counts])}
+
+    def cost(mse: dict[float, np.ndarray]) -> float:  # 1 mGy cell aimed at 130 HU, 10 mGy at 30 HU
+        return float((np.sqrt(mse[1.0][0]) - 130.0) ** 2 / 20.0 ** 2 + (np.sqrt(mse[10.0][0]) - 30.0) ** 2 / 5.0 ** 2)
+
+    optimum = 10.0 * 90.0 ** 0.25  # 30.8 counts: the 1 mGy cell on target, the 10 mGy cell 0.5 HU off
+    counts, result = calibration.refine_electronic(simulate, cost, 5.0, simulate(5.0))
+    assert abs(counts - optimum) < 1.0 and abs(np.sqrt(result[1.0][0]) - 130.0) < 15.0, (counts, result)
+    assert len(calls) - 1 <= calibration.REFINE_EVALUATIONS + 1
+    calls.clear()
+    counts, result = calibration.refine_electronic(simulate, cost, optimum, simulate(optimum))
+    assert counts == round(optimum, 2) and all(cost(simulate(c)) >= cost(result) for c in calls[1:])
