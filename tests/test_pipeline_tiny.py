@@ -81,7 +81,8 @@ def pipeline(tiny_twin, tmp_path_factory) -> tuple[Path, Path, dict[str, str]]:
     out["icc"] = _run("analyze/icc.py", "--results", results)
     # the tiny twin has 3 and 14 mGy only: the papers' 10 mGy figures (Figs. 4-6) are drawn at 14 mGy;
     # in this process (umap-learn compiles its numba functions once per process, about 25 s of CPU, which
-    # the harmonization step's UMAPs then reuse; tests/test_contract.py runs the step on two workers)
+    # the harmonization step's UMAPs then reuse; tests/test_contract.py sends the step's jobs through pickle
+    # as its workers get them)
     out["umap"] = _run("analyze/umap_plots.py", "--results", results, "--epochs", "50", "--n-neighbors", "5",
                        "--figure-dose", "14", "--workers", "1")
     out["classify"] = _run("analyze/classify.py", "--results", results, "--classifier", "logreg",

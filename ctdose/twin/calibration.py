@@ -218,6 +218,9 @@ def fit_noise(profile: ScannerProfile, targets: dict[float, float], preset: Pres
     def cells(mse: dict[float, np.ndarray]) -> dict[float, float]:
         return {d: float(np.mean(np.sqrt(mse[d]))) for d in doses}
 
+    def cost(mse: dict[float, np.ndarray]) -> float:
+        return float(np.sum(misses(mse) ** 2))
+
     fitted = solve(design)
     simulated = dose_pair_mse(fitted, preset, seed)
     # one correction pass: the terms are not exactly additive (low counts, the clip at -1000 HU, the
@@ -228,7 +231,7 @@ def fit_noise(profile: ScannerProfile, targets: dict[float, float], preset: Pres
     refit = solve(corrected)
     if refit != fitted:
         resimulated = dose_pair_mse(refit, preset, seed)
-        if np.sum(misses(resimulated) ** 2) < np.sum(misses(simulated) ** 2):
+        if cost(resimulated) < cost(simulated):
             fitted, simulated = refit, resimulated
     if np.all(np.abs(misses(simulated)[:len(doses)]) <= 1.0):
         return fitted, cells(simulated)
@@ -237,7 +240,7 @@ def fit_noise(profile: ScannerProfile, targets: dict[float, float], preset: Pres
     # linear model: for H2 a fit bounded at 100 counts chose 28 and left 1 mGy at 90 HU against 131)
     counts, simulated = refine_electronic(
         lambda c: dose_pair_mse(dataclasses.replace(fitted, electronic_noise_counts=c), preset, seed),
-        lambda mse: float(np.sum(misses(mse) ** 2)), fitted.electronic_noise_counts, simulated)
+        cost, fitted.electronic_noise_counts, simulated)
     return dataclasses.replace(fitted, electronic_noise_counts=counts), cells(simulated)
 
 
